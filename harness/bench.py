@@ -1,0 +1,94 @@
+"""Benchmarks that print ratios measured in one run (not timed tests: machines are noisy).
+
+(a) masks: reading decoded masks from the cache vs decoding them with pycocotools every time.
+(b) overhead: ``fit``'s training throughput vs a bare PyTorch loop over the same model, batches
+    and device. Runs alternate (bare, fit, bare, fit, ...) and the median epoch throughput of each
+    is compared, so drift in machine load hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from harness.config import TrialConfig, with_overrides
+from harness.data.cache import bench_masks
+from harness.models import build_model
+from harness.optim import build_optimizer
+from harness.train import fit, load_data, make_loaders, resolve_device, seed_everything
+
+
+def bare_loop_throughput(cfg: TrialConfig, bundle, epochs: int) -> list[float]:
+    """The loop anyone would write by hand: images/s of each epoch's training pass."""
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model, num_classes=bundle.num_classes).to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    criterion = nn.CrossEntropyLoss(ignore_index=bundle.ignore_index)
+    train_loader, _ = make_loaders(bundle, cfg, device)
+    rates = []
+    for _ in range(epochs):
+        model.train()
+        n, start = 0, time.perf_counter()
+        for images, masks in train_loader:
+            images, masks = images.to(device), masks.to(device)
+            loss = criterion(model(images), masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n += images.shape[0]
+        rates.append(n / (time.perf_counter() - start))
+    return rates
+
+
+def bench_overhead(cfg: TrialConfig, rounds: int = 3, epochs: int = 2) -> dict[str, float]:
+    bundle = load_data(cfg)
+    bare: list[float] = []
+    harness: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            bare += bare_loop_throughput(cfg, bundle, epochs)
+            run_cfg = dataclasses.replace(cfg, name=f"bench-{r}", out_dir=tmp)
+            result = fit(run_cfg, data=bundle)
+            harness += [row["time/train_img_per_s"] for row in result.history]
+    return {
+        "bare_img_per_s": statistics.median(bare),
+        "fit_img_per_s": statistics.median(harness),
+        "ratio": statistics.median(harness) / statistics.median(bare),
+    }
+
+
+def run_benchmarks(quick: bool = False) -> None:
+    console = Console(highlight=False)
+    torch.set_num_threads(torch.get_num_threads())
+    n_images = 50 if quick else 200
+    console.print(f"[bold](a) mask cache[/]: {n_images} images of 512x512, 10 polygons each")
+    with tempfile.TemporaryDirectory() as tmp:
+        m = bench_masks(n_images=n_images, size=512, anns_per_image=10, tmp_dir=Path(tmp))
+    console.print(
+        f"    pycocotools decode+paint {m['decode_s'] * 1e3 / n_images:.2f} ms/image, "
+        f"cache read {m['cache_s'] * 1e3 / n_images:.3f} ms/image "
+        f"(one-off build {m['build_s']:.2f}s)  ->  speed-up {m['speedup']:.1f}x (target >= 5x)"
+    )
+
+    cfg = with_overrides(
+        TrialConfig(),
+        {"train.checkpoint": False, "train.epochs": 1 if quick else 2},
+    )
+    rounds = 1 if quick else 3
+    console.print(
+        f"[bold](b) fit overhead[/]: built-in dataset, default CPU model, batch "
+        f"{cfg.train.batch_size}, {rounds} alternating rounds of {cfg.train.epochs} epochs"
+    )
+    o = bench_overhead(cfg, rounds=rounds, epochs=cfg.train.epochs)
+    console.print(
+        f"    bare loop {o['bare_img_per_s']:.1f} img/s, fit {o['fit_img_per_s']:.1f} img/s"
+        f"  ->  ratio {o['ratio']:.3f} (target >= 0.9)"
+    )

@@ -1,0 +1,246 @@
+"""Command-line interface: ``harness trial``, ``harness synth``, ``harness bench``.
+
+The config is built here, once: dataclass defaults, then ``--config FILE``, then the options given
+on the command line. User errors (``HarnessError`` and bad options) print one line on stderr and
+exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+
+from harness import __version__
+from harness.config import (
+    INJECTABLE_BUGS,
+    OPTIMIZERS,
+    OVERLAP_POLICIES,
+    SCHEDULERS,
+    TrialConfig,
+    load_config,
+    with_overrides,
+)
+from harness.errors import HarnessError
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+    help="Train DeconvNet trials, sweep them with Optuna, and catch silent training bugs.",
+)
+
+
+TRIAL_EXAMPLES = """
+Examples:
+
+    harness trial                                   # built-in dataset, CPU-sized model
+
+    harness trial --lr 1e-4 --f-lr 1e-5 --no-fcn-bn
+
+    harness trial --data ../shared/data/fruits_nuts/data --image-size 128 --epochs 20
+
+    harness trial --config runs/my-study/best.yaml  # reproduce a recorded config
+
+    harness trial --inject-bug encoder-only-optimizer   # the story's bug, caught by the audit
+"""
+
+
+@app.command(epilog=TRIAL_EXAMPLES)
+def trial(
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML config (e.g. a run's config.yaml); options override it."),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="COCO folder or annotation file; default: the built-in dataset."),
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="lr of the FCN, decoder and head.")] = None,
+    f_lr: Annotated[
+        float | None, typer.Option(help="lr of the encoder; 0 freezes it on purpose.")
+    ] = None,
+    encoder_bn: Annotated[
+        bool | None, typer.Option(help="VGG16-BN encoder layout (else plain VGG16).")
+    ] = None,
+    fcn_bn: Annotated[bool | None, typer.Option(help="BatchNorm in fc6/fc7/fc6-deconv.")] = None,
+    decoder_bn: Annotated[bool | None, typer.Option(help="BatchNorm after every deconv.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Square training size in pixels.")] = None,
+    overlap: Annotated[
+        str | None,
+        typer.Option(help="Label of overlapping pixels (" + ", ".join(OVERLAP_POLICIES) + ")."),
+    ] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Val share when the data has no split.")
+    ] = None,
+    width: Annotated[float | None, typer.Option(help="Channel multiplier (1.0 = paper).")] = None,
+    fc_channels: Annotated[int | None, typer.Option(help="fc6/fc7 channels (paper 4096).")] = None,
+    fc_kernel: Annotated[int | None, typer.Option(help="fc6 kernel (paper 7).")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout2d after fc6/fc7.")] = None,
+    pretrained: Annotated[
+        bool | None, typer.Option(help="ImageNet weights for the encoder (needs width 1).")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Local state dict for the encoder or the model.")
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="Optimiser (" + ", ".join(OPTIMIZERS) + ").")
+    ] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="LR schedule (" + ", ".join(SCHEDULERS) + ").")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed: same seed and device, same result.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Parent folder of run folders.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Run folder name; default: trial-<timestamp>.")
+    ] = None,
+    inject_bug: Annotated[
+        str | None,
+        typer.Option(
+            help="Reproduce a silent bug on purpose (" + ", ".join(INJECTABLE_BUGS) + ")."
+        ),
+    ] = None,
+    strict: Annotated[
+        bool | None,
+        typer.Option("--strict", help="Abort when the param-group audit finds anything."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Train one DeconvNet trial and record it under runs/NAME/."""
+    cfg = load_config(config) if config is not None else TrialConfig()
+    overrides: dict[str, Any] = {
+        "name": name or time.strftime("trial-%Y%m%d-%H%M%S"),
+        "out_dir": str(out) if out is not None else None,
+        "data.root": data,
+        "data.overlap": overlap,
+        "data.val_fraction": val_fraction,
+        "data.image_size": image_size,
+        "data.num_workers": num_workers,
+        "model.encoder_bn": encoder_bn,
+        "model.fcn_bn": fcn_bn,
+        "model.decoder_bn": decoder_bn,
+        "model.width": width,
+        "model.fc_channels": fc_channels,
+        "model.fc_kernel": fc_kernel,
+        "model.dropout": dropout,
+        "model.pretrained": pretrained,
+        "model.weights_path": str(weights) if weights is not None else None,
+        "optim.name": optimizer,
+        "optim.lr": lr,
+        "optim.f_lr": f_lr,
+        "optim.weight_decay": weight_decay,
+        "optim.scheduler": scheduler,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.seed": seed,
+        "train.device": device,
+        "train.inject_bug": inject_bug,
+        "train.strict": strict,
+    }
+    cfg = with_overrides(cfg, overrides)
+
+    from harness.train import fit
+
+    console = None if quiet else Console(highlight=False)
+    if console is not None:
+        console.print(f"harness {__version__}: trial [bold]{cfg.name}[/] -> {cfg.run_dir}")
+    result = fit(cfg, console=console)
+    line = (
+        f"{result.status}: best val/mIoU {result.best_miou:.4f} at epoch {result.best_epoch}, "
+        f"{result.wall_time_s:.1f}s, run folder {result.run_dir}"
+    )
+    if result.flags:
+        line += f"  flags: {', '.join(result.flags)}"
+    (console or Console(highlight=False)).print(line)
+    if result.status == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder to write (must be empty or missing).")],
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives identical files.")] = 0,
+    n_train: Annotated[int, typer.Option(help="Training images.")] = 240,
+    n_val: Annotated[int, typer.Option(help="Validation images.")] = 60,
+    n_test: Annotated[int, typer.Option(help="Test images (no annotations).")] = 30,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 128,
+) -> None:
+    """Write the built-in synthetic COCO dataset (trash-like objects, overlaps, RLE)."""
+    from harness.data.synth import generate
+
+    for opt, value, low in (
+        ("--n-train", n_train, 1),
+        ("--n-val", n_val, 1),
+        ("--n-test", n_test, 0),
+        ("--size", size, 32),
+    ):
+        if value < low:
+            raise HarnessError(f"{opt}={value}: must be >= {low}")
+    start = time.perf_counter()
+    generate(out, seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, size=size)
+    print(
+        f"wrote {n_train}/{n_val}/{n_test} train/val/test images to {out} "
+        f"in {time.perf_counter() - start:.1f}s"
+    )
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(help="Smaller sizes, for a smoke run.")] = False,
+) -> None:
+    """Benchmarks: mask cache vs pycocotools decoding; fit vs a bare PyTorch loop."""
+    from harness.bench import run_benchmarks
+
+    run_benchmarks(quick=quick)
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        print(f"harness {__version__}")
+        raise typer.Exit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors with exit code 2 for anything the user can fix."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _error("interrupted")
+        return 130
+    except click.ClickException as exc:
+        _error(f"error: {exc.format_message()}")
+        return 2
+    except HarnessError as exc:
+        _error(f"error: {exc}")
+        return 2
+    return rc if isinstance(rc, int) else 0
+
+
+def _error(message: str) -> None:
+    # plain print, not rich: no wrapping (one line) and no markup interpretation
+    print(" ".join(message.split()), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

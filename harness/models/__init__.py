@@ -1,0 +1,38 @@
+"""Segmentation models. ``build_model`` is the one entry point the rest of the harness uses."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from harness.config import ModelConfig
+from harness.models.deconvnet import (
+    DeconvNet,
+    build_deconvnet,
+    encoder_state_from_vgg,
+    load_pretrained,
+    load_weights,
+)
+
+__all__ = [
+    "MODEL_PARTS",
+    "DeconvNet",
+    "build_model",
+    "encoder_state_from_vgg",
+    "load_pretrained",
+    "load_weights",
+]
+
+# Top-level submodules every model has; their parameters partition model.parameters(), so
+# optimizer groups and per-part monitors can be built from these names.
+MODEL_PARTS = ("encoder", "fcn", "decoder", "head")
+
+
+def build_model(cfg: ModelConfig, num_classes: int, *, progress: bool = True) -> nn.Module:
+    """Build ``cfg.name`` for ``num_classes`` classes, with pretrained or local weights if asked.
+
+    ``progress`` shows a download bar for ``cfg.pretrained``. Raises WeightsError when weights
+    cannot be had or do not fit.
+    """
+    if cfg.name == "deconvnet":
+        return build_deconvnet(cfg, num_classes, progress=progress)
+    raise ValueError(f"model.name={cfg.name!r}: no such model")  # ModelConfig already checks

@@ -1,0 +1,41 @@
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from harness.config import TrialConfig, with_overrides  # noqa: E402
+from harness.data.synth import generate  # noqa: E402
+
+# the CI box has 2 cores; more threads than cores only adds contention
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small built-in-style dataset shared by the slower tests (generated once)."""
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    generate(root, seed=0, n_train=32, n_val=12, n_test=2, size=64)
+    return root
+
+
+@pytest.fixture
+def tiny_cfg(tiny_data, tmp_path):
+    """A trial config that trains in seconds; everything it writes stays under tmp_path."""
+    return with_overrides(
+        TrialConfig(),
+        {
+            "name": "t",
+            "out_dir": str(tmp_path / "runs"),
+            "data.root": str(tiny_data),
+            "data.cache_dir": str(tmp_path / "cache"),
+            "data.image_size": 64,
+            "model.width": 0.125,
+            "model.fc_channels": 32,
+            "model.fc_kernel": 2,
+            "train.epochs": 1,
+            "train.batch_size": 8,
+        },
+    )
