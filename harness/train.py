@@ -355,7 +355,8 @@ def fit(
         best = best_miou if best_epoch is not None else math.nan
         per_class = dict(zip(class_names, best_iou, strict=True))
         last = history[-1] if history else {}
-        summary = {
+        wall_time = time.perf_counter() - start
+        summary: dict[str, Any] = {
             "status": status,
             "reason": reason,
             "best_val_mIoU": best,
@@ -365,7 +366,7 @@ def fit(
             "final": last,
             "flags": flags,
             "audit_ok": audit.ok,
-            "wall_time_s": time.perf_counter() - start,
+            "wall_time_s": wall_time,
             "device": str(device),
             "num_params": count_params(model),
             "harness_version": __version__,
@@ -380,7 +381,7 @@ def fit(
             history=history,
             per_class_iou=per_class,
             flags=flags,
-            wall_time_s=summary["wall_time_s"],
+            wall_time_s=wall_time,
             run_dir=record.dir,
             audit=audit,
             summary=summary,

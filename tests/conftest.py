@@ -3,11 +3,11 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from harness.config import TrialConfig, with_overrides  # noqa: E402
-from harness.data.synth import generate  # noqa: E402
+from harness.config import TrialConfig, with_overrides
+from harness.data.synth import generate
 
 # the CI box has 2 cores; more threads than cores only adds contention
 torch.set_num_threads(min(2, torch.get_num_threads()))

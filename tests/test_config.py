@@ -58,9 +58,9 @@ def test_unknown_yaml_keys_are_rejected_with_their_path(tmp_path):
 
 
 def test_wrong_types_and_bad_yaml(tmp_path):
-    with pytest.raises(ConfigError, match="train.epochs='ten': must be an integer"):
+    with pytest.raises(ConfigError, match=r"train.epochs='ten': must be an integer"):
         config_from_dict({"train": {"epochs": "ten"}})
-    with pytest.raises(ConfigError, match="model.fcn_bn='yes please': must be true or false"):
+    with pytest.raises(ConfigError, match=r"model.fcn_bn='yes please': must be true or false"):
         config_from_dict({"model": {"fcn_bn": "yes please"}})
     path = tmp_path / "bad.yaml"
     path.write_text("optim: [unclosed\n")

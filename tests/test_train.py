@@ -68,9 +68,7 @@ def test_nan_loss_ends_the_trial_with_the_reason(tiny_cfg):
 def test_story_bug_is_recorded_and_strict_aborts(tiny_cfg):
     cfg = with_overrides(tiny_cfg, {"train.inject_bug": "encoder-only-optimizer"})
     result = fit(cfg)
-    assert {"audit:missing:fcn", "audit:missing:decoder", "audit:missing:head"} <= set(
-        result.flags
-    )
+    assert {"audit:missing:fcn", "audit:missing:decoder", "audit:missing:head"} <= set(result.flags)
     audit = json.loads((cfg.run_dir / "audit.json").read_text())
     assert audit["ok"] is False and any(m.startswith("decoder.") for m in audit["missing"])
     strict = with_overrides(cfg, {"name": "strict", "train.strict": True})
@@ -112,8 +110,6 @@ def test_run_folder_is_never_overwritten(tiny_cfg):
 def test_correct_optimizer_beats_the_story_bug(tiny_cfg):
     cfg = with_overrides(tiny_cfg, {"train.epochs": 4, "train.checkpoint": False})
     good = fit(dataclasses.replace(cfg, name="good"))
-    bad = fit(
-        with_overrides(cfg, {"name": "bad", "train.inject_bug": "encoder-only-optimizer"})
-    )
+    bad = fit(with_overrides(cfg, {"name": "bad", "train.inject_bug": "encoder-only-optimizer"}))
     assert not math.isnan(good.best_miou)
     assert good.best_miou > bad.best_miou + 0.02, (good.best_miou, bad.best_miou)

@@ -270,10 +270,10 @@ def _make(cat: int, rng: np.random.Generator, size: int, crowd: bool = False) ->
                 off = rng.normal(0, 0.07 * s, 2)
                 pieces.append(_jagged(rng, rng.uniform(0.02, 0.045) * s, 7) + off)
             return _Obj(cat, pieces, {"colour": colour}, crowd=True)
-        r = rng.uniform(0.07, 0.14) * s
-        return _Obj(cat, [_jagged(rng, r, int(rng.integers(11, 17)))], {"colour": colour})
+        r = rng.uniform(0.1, 0.18) * s
+        return _Obj(cat, [_jagged(rng, r, int(rng.integers(11, 17)), 0.6)], {"colour": colour})
     if cat == PAPER:
-        a = rng.uniform(0.11, 0.2) * s
+        a = rng.uniform(0.14, 0.24) * s
         b = a * rng.uniform(0.55, 0.85)
         base = (235, 228, 210) if rng.random() < 0.7 else (200, 170, 130)  # white or cardboard
         dims = {
@@ -293,8 +293,8 @@ def _make(cat: int, rng: np.random.Generator, size: int, crowd: bool = False) ->
             return _Obj(cat, pieces, dims, stick=stick)
         return _Obj(cat, [_rect(-a, a, -b, b)], dims)
     if cat == METAL:
-        a = rng.uniform(0.08, 0.14) * s
-        b = a * rng.uniform(0.5, 0.75)
+        a = rng.uniform(0.11, 0.18) * s
+        b = a * rng.uniform(0.55, 0.8)
         dims = {
             "colour": np.full(3, rng.uniform(110, 175)) + rng.uniform(-12, 12, 3),
             "b": b,
@@ -302,14 +302,14 @@ def _make(cat: int, rng: np.random.Generator, size: int, crowd: bool = False) ->
         }
         return _Obj(cat, [_ring(a, b, 32)], dims)
     if cat == GLASS:
-        r = rng.uniform(0.06, 0.12) * s
+        r = rng.uniform(0.09, 0.16) * s
         n = int(rng.integers(5, 9))
         t = np.sort(rng.uniform(0, 2 * math.pi, n))
         poly = np.stack([np.cos(t), np.sin(t)], axis=1) * (r * rng.uniform(0.8, 1.1, n))[:, None]
         base = (60, 140, 80) if rng.random() < 0.6 else (70, 150, 140)  # green or teal
         dims = {
             "colour": _jitter_colour(rng, base, 25),
-            "alpha": rng.uniform(0.55, 0.75),
+            "alpha": rng.uniform(0.7, 0.85),
             "r": r,
             "phi": rng.uniform(0, 2 * math.pi),
             "off": rng.uniform(-0.5, 0.5) * r,
@@ -328,13 +328,13 @@ def _make(cat: int, rng: np.random.Generator, size: int, crowd: bool = False) ->
                 return _Obj(cat, shards, dims)
         return _Obj(cat, [poly], dims)
     if cat == BOTTLE:
-        length = rng.uniform(0.12, 0.2) * s
-        radius = length * rng.uniform(0.3, 0.4)
+        length = rng.uniform(0.15, 0.24) * s
+        radius = length * rng.uniform(0.33, 0.42)
         neck = length * rng.uniform(0.25, 0.4)
         caps = [(200, 40, 40), (40, 70, 200), (240, 240, 240), (40, 160, 60), (240, 150, 30)]
         dims = {
             "colour": _jitter_colour(rng, (170, 205, 240), 20),
-            "alpha": rng.uniform(0.5, 0.7),
+            "alpha": rng.uniform(0.65, 0.8),
             "R": radius,
             "cap_u": length + 0.35 * neck - neck / 2,
             "cap": _jitter_colour(rng, caps[int(rng.integers(len(caps)))], 20),
@@ -350,7 +350,7 @@ def _make(cat: int, rng: np.random.Generator, size: int, crowd: bool = False) ->
                 rr = rng.uniform(0.02, 0.04) * s
                 pieces.append(_superellipse(rr, rr * rng.uniform(0.6, 1.0), 3.0, 12) + off)
             return _Obj(cat, pieces, {"colour": colour}, crowd=True)
-        r = rng.uniform(0.08, 0.16) * s
+        r = rng.uniform(0.1, 0.18) * s
         return _Obj(
             cat,
             [_superellipse(r, r * rng.uniform(0.6, 1.0), rng.uniform(3, 5), 32)],
@@ -369,15 +369,15 @@ def _make(cat: int, rng: np.random.Generator, size: int, crowd: bool = False) ->
         pick = int(rng.integers(len(palette)))
         dims = {
             "colour": _jitter_colour(rng, palette[pick], 18),
-            "alpha": rng.uniform(0.7, 0.8) if pick == 1 else rng.uniform(0.45, 0.65),
+            "alpha": rng.uniform(0.75, 0.85) if pick == 1 else rng.uniform(0.55, 0.75),
             "wave": rng.uniform(0.05, 0.09) * s,
             "rmin": radius * (1 - amps.sum()),
             "rmax": radius * (1 + amps.sum()),
         }
         return _Obj(cat, [np.stack([rad * np.cos(t), rad * np.sin(t)], axis=1)], dims)
     if cat == BATTERY:
-        hl = rng.uniform(0.04, 0.065) * s
-        hw = max(1.8, hl / rng.uniform(2.2, 3.0))
+        hl = rng.uniform(0.06, 0.09) * s
+        hw = max(1.8, hl / rng.uniform(2.0, 2.6))
         bodies = [(35, 35, 40), (30, 40, 90), (30, 75, 40), (90, 30, 30)]
         dims = {
             "colour": _jitter_colour(rng, bodies[int(rng.integers(len(bodies)))], 15),
@@ -545,7 +545,7 @@ def _distractors(rng: np.random.Generator, img: Array, size: int) -> None:
         (40, 40, 45),
         (125, 95, 60),
     ]
-    for _ in range(int(rng.integers(3, 9))):
+    for _ in range(int(rng.integers(2, 7))):
         layer = Image.new("L", (size, size), 0)
         draw = ImageDraw.Draw(layer)
         if rng.random() < 0.35:
@@ -568,11 +568,11 @@ def _distractors(rng: np.random.Generator, img: Array, size: int) -> None:
             draw.polygon([tuple(p) for p in poly + c], fill=255)
             base = (
                 confusers[int(rng.integers(len(confusers)))]
-                if rng.random() < 0.5
+                if rng.random() < 0.3
                 else rng.uniform(40, 220, 3)
             )
             colour = _jitter_colour(rng, tuple(base), 20)
-            blur = rng.uniform(1.5, 4) if rng.random() < 0.6 else 0.0
+            blur = rng.uniform(1.5, 4) if rng.random() < 0.7 else 0.0
         if blur:
             layer = layer.filter(ImageFilter.GaussianBlur(blur * size / 128))
         alpha = np.asarray(layer, dtype=np.float64)[..., None] / 255 * rng.uniform(0.35, 0.85)

@@ -1,0 +1,121 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from harness.cli import main
+
+
+def _trial_args(tiny_data, tmp_path, *extra):
+    return [
+        "trial",
+        "--data", str(tiny_data),
+        "--out", str(tmp_path / "runs"),
+        "--image-size", "64",
+        "--width", "0.125",
+        "--fc-channels", "32",
+        "--fc-kernel", "2",
+        "--batch-size", "8",
+        "--epochs", "1",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_trial_end_to_end_on_a_tiny_synthetic_set(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default mask cache (runs/cache) lands in tmp_path
+    rc = main(_trial_args(tiny_data, tmp_path, "--name", "e2e", "--lr", "2e-3", "--f-lr", "1e-3",
+                          "--no-fcn-bn"))  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "param-group audit: ok" in out
+    assert "epoch   1/1" in out and "val/mIoU" in out
+    run = tmp_path / "runs" / "e2e"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["optim"]["lr"] == 2e-3 and cfg["optim"]["f_lr"] == 1e-3
+    assert cfg["model"]["fcn_bn"] is False and cfg["model"]["encoder_bn"] is True
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs_run"] == 1
+    # the recorded config reproduces the run through --config
+    rc = main(["trial", "--config", str(run / "config.yaml"), "--name", "again", "-q"])
+    assert rc == 0
+    again = json.loads((tmp_path / "runs" / "again" / "summary.json").read_text())
+    assert again["best_val_mIoU"] == summary["best_val_mIoU"]
+
+
+def test_injected_bug_warns_loudly(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = main(_trial_args(tiny_data, tmp_path, "--inject-bug", "encoder-only-optimizer"))
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "WARNING param-group audit: decoder: 0 of" in out
+    assert "flags: audit:missing:fcn, audit:missing:decoder, audit:missing:head" in out
+    rc = main(_trial_args(tiny_data, tmp_path, "--inject-bug", "encoder-only-optimizer",
+                          "--strict", "--name", "strict"))  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --strict: param-group audit found 3 problem(s)")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trial", "--lr", "0"], "error: optim.lr=0.0: must be > 0"),
+        (["trial", "--f-lr", "-1e-5"], "error: optim.f_lr=-1e-05: must be >= 0"),
+        (["trial", "--epochs", "0"], "error: train.epochs=0: must be >= 1"),
+        (["trial", "--overlap", "union"], "error: data.overlap='union': must be one of"),
+        (["trial", "--image-size", "64"], "error: data.image_size=64: five pools leave 2x2"),
+        (["trial", "--inject-bug", "nope"], "error: train.inject_bug='nope': must be one of"),
+        (["trial", "--config", "missing.yaml"], "error: missing.yaml: cannot read config file"),
+        (["trial", "--lr", "abc"], "error: Invalid value for '--lr'"),
+        (["trial", "--bogus"], "error: No such option: --bogus"),
+        (["synth", "--out", "x", "--n-train", "0"], "error: --n-train=0: must be >= 1"),
+    ],
+)
+def test_bad_values_give_one_line_and_exit_2(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("trial-*"))
+
+
+def test_bad_data_folder_names_the_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "train.json").write_text("{not json")
+    (data / "val.json").write_text("{}")
+    assert main(["trial", "--data", str(data), "--name", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "train.json" in err and err.count("\n") == 1
+
+
+def test_console_script_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "trial", "--lr", "-1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: optim.lr=-1.0: must be > 0"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_shows_examples(capsys):
+    assert main(["trial", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "harness trial --lr 1e-4 --f-lr 1e-5" in out
+    assert "--encoder-bn" in out and "--no-encoder-bn" in out and "--inject-bug" in out
+
+
+def test_synth_writes_a_dataset(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["synth", "--out", str(out), "--n-train", "3", "--n-val", "2", "--n-test", "1",
+                 "--size", "64"]) == 0  # fmt: skip
+    assert {"train.json", "val.json", "test.json"} <= {p.name for p in out.iterdir()}
+    assert main(["synth", "--out", str(out)]) == 2  # not empty: refused, nothing overwritten
+    assert "not empty" in capsys.readouterr().err
