@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 
@@ -223,13 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors with exit code 2 for anything the user can fix."""
     try:
         rc = app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
         _error("interrupted")
         return 130
-    except click.ClickException as exc:
-        _error(f"error: {exc.format_message()}")
+    except typer.TyperException as exc:  # bad options: typer's (vendored click) usage errors
+        _error(f"error: {exc.format_message()}")  # type: ignore[attr-defined]
         return 2
     except HarnessError as exc:
         _error(f"error: {exc}")
