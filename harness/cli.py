@@ -166,7 +166,7 @@ def trial(
     )
     if result.flags:
         line += f"  flags: {', '.join(result.flags)}"
-    (console or Console(highlight=False)).print(line)
+    (console or Console(highlight=False)).print(line, soft_wrap=True)
     if result.status == "failed":
         raise typer.Exit(1)
 

@@ -336,7 +336,9 @@ def fit(
     if console is not None:
         console.print(audit_table(audit))
         for finding in audit.findings:
-            console.print(f"[bold red]WARNING[/] param-group audit: {finding.message}")
+            console.print(
+                f"[bold red]WARNING[/] param-group audit: {finding.message}", soft_wrap=True
+            )
         for name in frozen_modules(cfg.optim):
             console.print(f"{name}: frozen on purpose (f_lr=0), not a finding")
 
@@ -446,7 +448,7 @@ def fit(
             history.append(row)
             record.append_metrics(row)
             if console is not None:
-                console.print(_epoch_line(row, epochs))
+                console.print(_epoch_line(row, epochs), soft_wrap=True)
             miou = ev["mIoU"]
             if not math.isnan(miou) and miou > best_miou:
                 best_miou, best_epoch, best_iou = miou, epoch, list(ev["iou"])

@@ -309,7 +309,7 @@ def _make(cat: int, rng: np.random.Generator, size: int, crowd: bool = False) ->
         base = (60, 140, 80) if rng.random() < 0.6 else (70, 150, 140)  # green or teal
         dims = {
             "colour": _jitter_colour(rng, base, 25),
-            "alpha": rng.uniform(0.7, 0.85),
+            "alpha": rng.uniform(0.75, 0.9),
             "r": r,
             "phi": rng.uniform(0, 2 * math.pi),
             "off": rng.uniform(-0.5, 0.5) * r,
@@ -442,7 +442,7 @@ def _place(obj: _Obj, cx: float, cy: float, th: float, k: float, size: int) -> b
 
 
 def _layout(rng: np.random.Generator, size: int) -> list[_Obj]:
-    n_total = int(rng.integers(2, 7))
+    n_total = int(rng.choice(np.arange(2, 7), p=[0.1, 0.2, 0.25, 0.25, 0.2]))
     objs: list[_Obj] = []
     if rng.random() < _P_BAG_SCENE:
         objs.extend(_bag_scene(rng, size, n_total))
@@ -581,9 +581,12 @@ def _distractors(rng: np.random.Generator, img: Array, size: int) -> None:
 
 
 def _texture(
-    obj: _Obj, rng: np.random.Generator, u: Array, v: Array
+    obj: _Obj, rng: np.random.Generator, u: Array, v: Array, inside: Mask
 ) -> tuple[Array, Array | float]:
-    """The object's colour field over local coordinates (u, v); returns (rgb, alpha)."""
+    """The object's colour over local coordinates (u, v) of its bbox; returns (rgb, alpha).
+
+    `inside` is the object's mask over the same bbox.
+    """
     d = obj.dims
     col: Array = d["colour"]
     h, w = u.shape
@@ -602,10 +605,13 @@ def _texture(
         shade = np.clip(1 - 0.4 * (v / b) ** 2, 0.4, 1)[..., None]
         spec = 90 * np.exp(-(((v - d["v0"]) / (0.13 * b)) ** 2))[..., None]
         return flat * shade + spec + noise * 5, 1.0
-    if obj.cat == GLASS:  # translucent green with a glossy band
+    if obj.cat == GLASS:  # translucent green with a glossy band and a bright cut edge
         r = d["r"]
         along = u * math.cos(d["phi"]) + v * math.sin(d["phi"]) - d["off"]
-        return flat + 70 * np.exp(-((along / (0.12 * r)) ** 2))[..., None] + noise * 4, d["alpha"]
+        tex = flat + 70 * np.exp(-((along / (0.12 * r)) ** 2))[..., None] + noise * 4
+        rim = inside & ~_erode(inside)
+        tex[rim] = np.minimum(col + 90, 255)
+        return tex, np.where(rim, 1.0, d["alpha"])
     if obj.cat == BOTTLE:  # translucent bluish body, highlight, darker rims, opaque cap
         radius = d["R"]
         tex = flat + 80 * np.exp(-(((v - 0.45 * radius) / (0.12 * radius)) ** 2))[..., None]
@@ -626,6 +632,12 @@ def _texture(
     raise AssertionError(f"unknown category {obj.cat}")
 
 
+def _erode(m: Mask) -> Mask:
+    """One-pixel 4-neighbour erosion; pixels outside the array count as outside."""
+    p = np.pad(m, 1)
+    return m & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+
+
 def _paint(img: Array, obj: _Obj, rng: np.random.Generator) -> None:
     mask = obj.mask
     assert mask is not None
@@ -633,8 +645,8 @@ def _paint(img: Array, obj: _Obj, rng: np.random.Generator) -> None:
     ys, xs = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
     yy, xx = np.mgrid[ys, xs].astype(np.float64) + 0.5
     u, v = obj.to_local(xx, yy)
-    tex, alpha = _texture(obj, rng, u, v)
     m = mask[ys, xs]
+    tex, alpha = _texture(obj, rng, u, v, m)
     a = alpha[m][:, None] if isinstance(alpha, np.ndarray) else alpha
     sub = img[ys, xs]
     sub[m] = sub[m] * (1 - a) + tex[m] * a
