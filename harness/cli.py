@@ -1,4 +1,4 @@
-"""Command-line interface: ``harness trial``, ``harness synth``, ``harness bench``.
+"""Command-line interface: ``harness trial``, ``harness synth``, ``harness eda``, ``harness bench``.
 
 The config is built here, once: dataclass defaults, then ``--config FILE``, then the options given
 on the command line. User errors (``HarnessError`` and bad options) print one line on stderr and
@@ -22,6 +22,7 @@ from harness.config import (
     OPTIMIZERS,
     OVERLAP_POLICIES,
     SCHEDULERS,
+    TRACKING_BACKENDS,
     TrialConfig,
     load_config,
     with_overrides,
@@ -80,6 +81,12 @@ def trial(
         str | None,
         typer.Option(help="Label of overlapping pixels (" + ", ".join(OVERLAP_POLICIES) + ")."),
     ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Built-in dataset and decoded-mask cache (runs/cache).")
+    ] = None,
+    augment: Annotated[
+        bool | None, typer.Option(help="Train-time flip, scale/crop and colour jitter.")
+    ] = None,
     val_fraction: Annotated[
         float | None, typer.Option(help="Val share when the data has no split.")
     ] = None,
@@ -119,6 +126,24 @@ def trial(
         bool | None,
         typer.Option("--strict", help="Abort when the param-group audit finds anything."),
     ] = None,
+    tracking: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the trial is tracked besides runs/NAME/ ("
+            + ", ".join(TRACKING_BACKENDS)
+            + "): wandb is online when logged in, offline otherwise; local adds mask PNGs."
+        ),
+    ] = None,
+    wandb_project: Annotated[
+        str | None, typer.Option(help="W&B project (default: harness).")
+    ] = None,
+    wandb_entity: Annotated[
+        str | None, typer.Option(help="W&B entity (user or team); default: your own.")
+    ] = None,
+    log_model: Annotated[
+        bool | None,
+        typer.Option("--log-model", help="Upload best.pt to W&B as a model artifact."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Train one DeconvNet trial and record it under runs/NAME/."""
@@ -129,6 +154,8 @@ def trial(
         "data.root": data,
         "data.overlap": overlap,
         "data.val_fraction": val_fraction,
+        "data.augment": augment,
+        "data.cache_dir": str(cache_dir) if cache_dir is not None else None,
         "data.image_size": image_size,
         "data.num_workers": num_workers,
         "model.encoder_bn": encoder_bn,
@@ -151,6 +178,10 @@ def trial(
         "train.device": device,
         "train.inject_bug": inject_bug,
         "train.strict": strict,
+        "tracking.backend": tracking,
+        "tracking.project": wandb_project,
+        "tracking.entity": wandb_entity,
+        "tracking.log_model": log_model,
     }
     cfg = with_overrides(cfg, overrides)
 
@@ -197,6 +228,66 @@ def synth(
         f"wrote {n_train}/{n_val}/{n_test} train/val/test images to {out} "
         f"in {time.perf_counter() - start:.1f}s"
     )
+
+
+EDA_EXAMPLES = """
+Examples:
+
+    harness eda                                     # the built-in dataset
+
+    harness eda --data ../shared/data/fruits_nuts/data --out runs/eda/fruits
+"""
+
+
+@app.command(epilog=EDA_EXAMPLES)
+def eda(
+    data: Annotated[
+        str | None,
+        typer.Option(help="COCO folder or annotation file; default: the built-in dataset."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Report folder (its report files are replaced); default: runs/eda/<dataset name>."
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Val share when the data has no split (0.2).")
+    ] = None,
+    split_seed: Annotated[int | None, typer.Option(help="Seed of that split (0).")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Built-in dataset and mask cache, read for the sample masks (runs/cache)."
+        ),
+    ] = None,
+    samples: Annotated[
+        int, typer.Option(help="Images in the grid of masks under each overlap policy.")
+    ] = 6,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Know the data: statistics, overlapping labels per policy, one self-contained HTML report."""
+    from harness.config import DataConfig
+    from harness.data.eda import dataset_name, progress_bar, run_eda, summary_lines
+    from harness.data.synth import ensure_builtin
+
+    defaults = DataConfig()
+    cache = cache_dir if cache_dir is not None else Path(defaults.cache_dir)
+    root = Path(data) if data is not None else ensure_builtin(cache)
+    folder = out if out is not None else Path("runs") / "eda" / dataset_name(root)
+    with progress_bar(enabled=not quiet) as progress:
+        result, report = run_eda(
+            root,
+            folder,
+            val_fraction=defaults.val_fraction if val_fraction is None else val_fraction,
+            split_seed=defaults.split_seed if split_seed is None else split_seed,
+            cache_dir=cache,
+            n_samples=samples,
+            progress=progress,
+        )
+    for warning in result.warnings:
+        print(f"WARNING {warning}", file=sys.stderr)
+    print("\n".join(summary_lines(result, report)))
 
 
 @app.command()

@@ -25,6 +25,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "poly")
 MODELS = ("deconvnet",)
 INJECTABLE_BUGS = ("encoder-only-optimizer",)
+TRACKING_BACKENDS = ("wandb", "local", "none")
 N_POOLS = 5  # VGG16 has five 2x2/2 max pools
 
 
@@ -57,7 +58,7 @@ class DataConfig:
     val_fraction: float = 0.2  # only for a single annotation file without splits
     split_seed: int = 0
     image_size: int = 96
-    augment: bool = True
+    augment: bool = False  # the course baseline trained without; --augment turns it on
     num_workers: int = 0
     cache_dir: str = "runs/cache"  # synthetic dataset and decoded masks
 
@@ -104,8 +105,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "adam"
-    lr: float = 1e-3  # FCN, decoder and classifier
-    f_lr: float = 1e-3  # encoder ("feature" lr); 0 freezes it on purpose
+    lr: float = 3e-3  # FCN, decoder and head
+    f_lr: float = 3e-3  # encoder ("feature" lr); 0 freezes it on purpose
     weight_decay: float = 1e-6
     momentum: float = 0.9  # SGD only
     scheduler: str = "none"
@@ -124,7 +125,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
+    epochs: int = 15
     batch_size: int = 8
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -148,6 +149,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    backend: str = "wandb"  # wandb: record + W&B run; local: record + mask PNGs; none: record
+    project: str = "harness"
+    entity: str | None = None  # None: the W&B default entity of the logged-in user
+    log_model: bool = False  # best.pt as a W&B artifact
+    media_every: int = 5  # mask panel every N epochs, and at the end of the trial
+    media_images: int = 8  # fixed val images in the panel; 0 turns it off
+
+    def __post_init__(self) -> None:
+        _check_choice("tracking.backend", self.backend, TRACKING_BACKENDS)
+        # W&B rejects these characters in project names (and only finds out online)
+        if not self.project or len(self.project) > 128 or re.search(r"[/\\#?%:]", self.project):
+            _fail("tracking.project", self.project, "must be 1-128 characters without /\\#?%:")
+        if self.entity is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", self.entity):
+            _fail("tracking.entity", self.entity, "must be letters, digits, '_' or '-'")
+        if self.media_every < 1:
+            _fail("tracking.media_every", self.media_every, "must be >= 1")
+        if self.media_images < 0:
+            _fail("tracking.media_images", self.media_images, "must be >= 0")
+
+
+@dataclass(frozen=True)
 class TrialConfig:
     name: str = "trial"
     out_dir: str = "runs"
@@ -155,6 +178,7 @@ class TrialConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
@@ -185,6 +209,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "optim": OptimConfig,
     "train": TrainConfig,
+    "tracking": TrackingConfig,
 }
 
 

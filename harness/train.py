@@ -39,6 +39,7 @@ from harness.optim import (
 )
 from harness.record import RunRecord
 from harness.sanity import AuditReport, audit_param_groups, audit_table
+from harness.tracking import Tracker, make_tracker
 
 
 class NonFiniteLoss(Exception):
@@ -300,11 +301,14 @@ def fit(
     console: Console | None = None,
     callbacks: Sequence[Callback] = (),
     data: Any = None,
+    tracker: Tracker | None = None,
 ) -> TrialResult:
     """Train one trial and record it under ``cfg.run_dir``; returns what happened.
 
     A NaN/inf loss or a callback's ``StopTrial`` ends the trial with its status and reason
     recorded; user errors (``HarnessError``) propagate before anything is trained.
+    ``tracker`` (default: the one ``cfg.tracking`` names) gets the same rows and summary as the
+    run record; a sweep passes its own to set the W&B group, tags and extra config.
     """
     start = time.perf_counter()
     device = resolve_device(cfg.train.device)
@@ -372,8 +376,10 @@ def fit(
             "device": str(device),
             "num_params": count_params(model),
             "harness_version": __version__,
+            "tracking": track.info(),
         }
         record.write_summary(summary)
+        track.finish(summary)
         return TrialResult(
             status=status,
             reason=reason,
@@ -389,6 +395,10 @@ def fit(
             summary=summary,
         )
 
+    # started here so that a --strict abort shows up in W&B too; from here on, finish() runs
+    track = tracker if tracker is not None else make_tracker(cfg, console)
+    track.start(cfg, model=model, device=device, bundle=bundle, audit=audit)
+
     if cfg.train.strict and not audit.ok:
         status, reason = "aborted", "strict: " + "; ".join(f.message for f in audit.findings)
         finish()
@@ -397,10 +407,10 @@ def fit(
             + "; ".join(f.message for f in audit.findings)
         )
 
-    for cb in callbacks:
-        cb.on_fit_start(model, optimizer)
     epochs = cfg.train.epochs
     try:
+        for cb in callbacks:  # inside the try: a failing callback still closes the record
+            cb.on_fit_start(model, optimizer)
         for epoch in range(1, epochs + 1):
             lrs = group_lrs(optimizer)  # the lr this epoch starts with
             try:
@@ -463,10 +473,16 @@ def fit(
                             "val_mIoU": miou,
                         },
                     )
+            stop: StopTrial | None = None
             try:
                 for cb in callbacks:
                     cb.on_epoch_end(epoch, row)
-            except StopTrial as stop:
+            except StopTrial as exc:
+                stop = exc
+            finally:
+                # after the callbacks: a pruned trial's last epoch gets the final mask panel
+                track.log_epoch(row, final=stop is not None or epoch == epochs)
+            if stop is not None:
                 status, reason = stop.status, f"epoch {epoch}: {stop.reason}"
                 break
     except BaseException as exc:

@@ -2,6 +2,8 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# tests never go online, even on a machine that is logged in to W&B
+os.environ["WANDB_MODE"] = "offline"
 
 import pytest
 import torch

@@ -108,7 +108,9 @@ def test_run_folder_is_never_overwritten(tiny_cfg):
 
 
 def test_correct_optimizer_beats_the_story_bug(tiny_cfg):
-    cfg = with_overrides(tiny_cfg, {"train.epochs": 4, "train.checkpoint": False})
+    cfg = with_overrides(
+        tiny_cfg, {"train.epochs": 6, "train.batch_size": 4, "train.checkpoint": False}
+    )
     good = fit(dataclasses.replace(cfg, name="good"))
     bad = fit(with_overrides(cfg, {"name": "bad", "train.inject_bug": "encoder-only-optimizer"}))
     assert not math.isnan(good.best_miou)

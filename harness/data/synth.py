@@ -197,7 +197,8 @@ def _readme(seed: int, n_train: int, n_val: int, n_test: int, size: int) -> str:
         f"size={size}x{size}\n\n"
         "- `train.json`, `val.json`, `test.json`: COCO; `file_name` relative to this folder;\n"
         "  test.json has no annotations. Images: JPEG quality 90 in `train/`, `val/`, `test/`.\n"
-        f"- Categories (COCO id name): {cats}. Class index = category id + 1, 0 = background.\n"
+        f"- Categories (COCO id name): {cats}.\n"
+        "  Class index = category id + 1, 0 = background.\n"
         "- Image and annotation ids start at 0. Annotations are whole shapes and overlap; the\n"
         "  smaller object is drawn on top (the area-desc overlap policy matches the pixels).\n"
         "- Polygon annotations (some with several polygons) and crowd piles as RLE (iscrowd=1).\n"
@@ -515,7 +516,7 @@ def _bag_scene(rng: np.random.Generator, size: int, n_total: int) -> list[_Obj]:
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> Array:
     """Unit-ish noise with features about `cell` pixels wide (bilinear upsampled)."""
     gh, gw = max(2, math.ceil(h / cell) + 1), max(2, math.ceil(w / cell) + 1)
-    small = Image.fromarray(rng.normal(0, 1, (gh, gw)).astype(np.float32), mode="F")
+    small = Image.fromarray(rng.normal(0, 1, (gh, gw)).astype(np.float32))  # mode "F"
     return np.asarray(small.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float64)
 
 
