@@ -4,6 +4,8 @@
 (b) overhead: ``fit``'s training throughput vs a bare PyTorch loop over the same model, batches
     and device. Runs alternate (bare, fit, bare, fit, ...) and the median epoch throughput of each
     is compared, so drift in machine load hits both sides alike.
+(eda) ``harness eda`` on a random competition-sized set (3,272 images of 512x512, about 25,000
+    annotations): wall time of load + validate, analysis and report against the 120 s target.
 """
 
 from __future__ import annotations
@@ -92,3 +94,22 @@ def run_benchmarks(quick: bool = False) -> None:
         f"    bare loop {o['bare_img_per_s']:.1f} img/s, fit {o['fit_img_per_s']:.1f} img/s"
         f"  ->  ratio {o['ratio']:.3f} (target >= 0.9)"
     )
+    bench_eda_speed(console, quick=quick)
+
+
+def bench_eda_speed(console: Console, quick: bool = False) -> dict[str, float]:
+    """(eda): time ``harness eda`` end to end on a competition-sized random set."""
+    from harness.data.eda import bench_eda
+
+    n_train, n_val = (262, 66) if quick else (2617, 655)
+    console.print(
+        f"[bold](eda) harness eda[/]: {n_train + n_val} images of 512x512, random polygons"
+    )
+    e = bench_eda(n_train=n_train, n_val=n_val, size=512)
+    console.print(
+        f"    {e['annotations']:,.0f} annotations: load {e['load_s']:.1f}s, analyse "
+        f"{e['analyze_s']:.1f}s, report {e['samples_s'] + e['report_s']:.1f}s  ->  "
+        f"{e['total_s']:.1f}s (target <= 120s)",
+        soft_wrap=True,
+    )
+    return e

@@ -290,6 +290,138 @@ def eda(
     print("\n".join(summary_lines(result, report)))
 
 
+SWEEP_EXAMPLES = """
+Examples:
+
+    harness sweep                                   # sweeps/default.yaml, runs/default/study.db
+
+    harness sweep sweeps/default.yaml --n-trials 20 # resume the same study up to 20 trials
+
+    harness sweep --workers 2                       # two worker processes share the study
+
+    harness sweep sweeps/trash-deconvnet.yaml --storage postgresql://user:pass@host/db
+"""
+
+
+@app.command(epilog=SWEEP_EXAMPLES)
+def sweep(
+    file: Annotated[
+        Path, typer.Argument(help="Sweep file (search space, sampler, pruner, trial settings).")
+    ] = Path("sweeps/default.yaml"),
+    n_trials: Annotated[
+        int | None,
+        typer.Option(
+            help="The TOTAL number of trials (finished + pruned) the study should reach, "
+            "counting earlier runs: re-running the same command resumes the study."
+        ),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option(help="Study name (default: the sweep file's).")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLAlchemy URL (postgresql://...) shared by every worker on every machine; "
+            "default: the SQLite file runs/STUDY/study.db."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes on this machine, sharing the study.")
+    ] = 1,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting trials after this many seconds.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Parent folder of runs/STUDY/.")] = None,
+    tracking: Annotated[
+        str | None,
+        typer.Option(help="Trial tracking (" + ", ".join(TRACKING_BACKENDS) + ")."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Run (or resume) an Optuna study of trials; writes runs/STUDY/best.yaml as it goes."""
+    from harness.sweep import BEST_FILE, load_spec, run_sweep, trial_table, trials_of, with_options
+
+    if workers < 1:
+        raise HarnessError(f"--workers={workers}: must be >= 1")
+    spec = with_options(
+        load_spec(file),
+        n_trials=n_trials,
+        study=study,
+        storage=storage,
+        timeout=timeout,
+        out=str(out) if out is not None else None,
+        trial_overrides={"tracking.backend": tracking},
+    )
+    console = Console(highlight=False)
+    study_obj = run_sweep(spec, workers=workers, console=None if quiet else console)
+    console.print(trial_table(trials_of(study_obj), title=f"study {spec.study}"))
+    best_path = spec.study_dir / BEST_FILE
+    if best_path.exists():
+        _print_best(console, best_path)
+    else:
+        console.print("no finished, unflagged trial yet: no best.yaml")
+
+
+def _print_best(console: Console, path: Path) -> None:
+    from harness.sweep import read_best
+
+    _, header = read_best(path)
+    console.print(
+        f"best: trial {header.get('trial')}, val/mIoU {float(header.get('val_mIoU', 'nan')):.4f}"
+        f" ({path})",
+        soft_wrap=True,
+    )
+    console.print(f"reproduce: harness trial --config {path}", soft_wrap=True, markup=False)
+
+
+@app.command()
+def best(
+    study: Annotated[str, typer.Argument(help="Study name (folder runs/STUDY/).")],
+    all_trials: Annotated[
+        bool, typer.Option("--all", help="Also print the table of every trial.")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Parent folder of runs/STUDY/.")] = Path("runs"),
+    storage: Annotated[
+        str | None, typer.Option(help="Storage URL, for a study not kept in runs/STUDY/.")
+    ] = None,
+) -> None:
+    """Print the best config of a study and the command that reproduces it."""
+    from harness.sweep import BEST_FILE, load_study, trial_table, trials_of
+
+    console = Console(highlight=False)
+    path = out / study / BEST_FILE
+    if path.exists():
+        console.print(path.read_text(), markup=False, soft_wrap=True)
+        _print_best(console, path)
+    elif not all_trials:
+        raise HarnessError(f"study {study}: no {path} (no finished, unflagged trial yet?)")
+    if all_trials:
+        study_obj = load_study(study, out=str(out), storage=storage)
+        console.print(trial_table(trials_of(study_obj), title=f"study {study}"))
+
+
+@app.command()
+def dashboard(
+    study: Annotated[str, typer.Argument(help="Study name (folder runs/STUDY/).")],
+    out: Annotated[Path, typer.Option(help="Parent folder of runs/STUDY/.")] = Path("runs"),
+    storage: Annotated[
+        str | None, typer.Option(help="Storage URL, for a study not kept in runs/STUDY/.")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
+) -> None:
+    """Start optuna-dashboard on the study's storage, on 127.0.0.1 (Ctrl-C stops it)."""
+    from harness.sweep import load_study, mask_url
+
+    study_obj = load_study(study, out=str(out), storage=storage)
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise HarnessError("optuna-dashboard is not installed (pip install optuna-dashboard)")
+    url = storage or str(out / study / "study.db")
+    print(f"optuna-dashboard for study {study} ({mask_url(url)}): http://127.0.0.1:{port}/")
+    run_server(study_obj._storage, host="127.0.0.1", port=port)
+
+
 @app.command()
 def bench(
     quick: Annotated[bool, typer.Option(help="Smaller sizes, for a smoke run.")] = False,

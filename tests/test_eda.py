@@ -74,14 +74,13 @@ def hand_made() -> list[dict[str, Any]]:
     ]
     anns = []
     for ann_id, cat, seg, extra in specs:
-        anns.append(
-            {"id": ann_id, "image_id": 0, "category_id": cat, "segmentation": seg, **extra}
-        )
+        anns.append({"id": ann_id, "image_id": 0, "category_id": cat, "segmentation": seg, **extra})
     return anns
 
 
-def brute_force(anns: list[dict[str, Any]], h: int, w: int, cat_to_class: dict[int, int],
-                num_classes: int) -> dict[str, Any]:  # fmt: skip
+def brute_force(
+    anns: list[dict[str, Any]], h: int, w: int, cat_to_class: dict[int, int], num_classes: int
+) -> dict[str, Any]:
     """The same quantities, one pixel at a time, straight from the definitions."""
     masks = [decode_instance(a, h, w) for a in anns]
     classes = [cat_to_class[a["category_id"]] for a in anns]
@@ -182,8 +181,12 @@ def test_random_overlaps_match_brute_force(seed: int) -> None:
         seg: Any = [rect(x0, y0, x1, y1)]
         if rng.random() < 0.3:  # a second polygon
             seg.append(rect(x1, y1, x1 + 3, y1 + 2))
-        ann: dict[str, Any] = {"id": int(rng.integers(0, 5)) * 100 + k, "image_id": 0,
-                               "category_id": int(rng.integers(0, 4)), "segmentation": seg}  # fmt: skip
+        ann: dict[str, Any] = {
+            "id": int(rng.integers(0, 5)) * 100 + k,
+            "image_id": 0,
+            "category_id": int(rng.integers(0, 4)),
+            "segmentation": seg,
+        }
         if rng.random() < 0.5:  # ties and JSON areas that disagree with the pixels
             ann["area"] = float(rng.choice([10.0, 20.0, 30.0]))
         anns.append(ann)
@@ -201,13 +204,33 @@ def test_more_than_64_annotations_in_one_image() -> None:
     # the bit codes then span two words
     h, w = 12, 12
     anns = [
-        {"id": k, "image_id": 0, "category_id": 1 + k % 3,
-         "segmentation": [rect(k % 7, k % 5, k % 7 + 5, k % 5 + 6)]}
+        {
+            "id": k,
+            "image_id": 0,
+            "category_id": 1 + k % 3,
+            "segmentation": [rect(k % 7, k % 5, k % 7 + 5, k % 5 + 6)],
+        }
         for k in range(70)
-    ]  # fmt: skip
+    ]
     cat_to_class = {1: 1, 2: 2, 3: 3}
     a = analyze_image(anns, h, w, cat_to_class, 4)
     assert_matches(a, brute_force(anns, h, w, cat_to_class, 4), 4)
+
+
+def test_containment_threshold_is_inclusive() -> None:
+    outer = np.zeros((H, W), dtype=bool)
+    outer[0:10, 0:10] = True
+    exact = np.zeros((H, W), dtype=bool)
+    exact[1:11, 5] = True  # 10 pixels, 9 inside: exactly 90%
+    below = np.zeros((H, W), dtype=bool)
+    below[2:12, 7] = True  # 10 pixels, 8 inside
+    anns = [
+        {"id": k, "image_id": 0, "category_id": cat, "segmentation": rle_of(m, k % 2 == 0)}
+        for k, (cat, m) in enumerate([(BAG, outer), (BOTTLE, exact), (CAN, below)])
+    ]
+    a = analyze_image(anns, H, W, CAT_TO_CLASS, NUM_CLASSES)
+    assert a.containment.sum() == 1 and a.containment[2, 4] == 1
+    assert_matches(a, brute_force(anns, H, W, CAT_TO_CLASS, NUM_CLASSES), NUM_CLASSES)
 
 
 def test_no_annotations() -> None:
@@ -228,9 +251,13 @@ def _write_single(root: Path, n: int = 6) -> Path:
             continue  # an empty image
         for a in hand_made():
             anns.append({**a, "id": len(anns) + 1, "image_id": iid})
-    categories = [{"id": 0, "name": "_background_"}, {"id": 3, "name": "can"},
-                  {"id": 4, "name": "bottle"}, {"id": 5, "name": "paper"},
-                  {"id": 6, "name": "bag"}]  # fmt: skip
+    categories = [
+        {"id": 0, "name": "_background_"},
+        {"id": 3, "name": "can"},
+        {"id": 4, "name": "bottle"},
+        {"id": 5, "name": "paper"},
+        {"id": 6, "name": "bag"},
+    ]
     root.mkdir(parents=True)
     (root / "trainval.json").write_text(
         json.dumps({"images": images, "annotations": anns, "categories": categories})
@@ -285,9 +312,11 @@ def test_report_for_a_single_file_layout(tmp_path: Path) -> None:
     assert classes["can"]["instances"] == 10 and classes["can"]["crowd"] == 5
     assert classes["paper"]["images"] == 5
     for p in OVERLAP_POLICIES:
-        assert sum(c["pixels"][p] for c in total["classes"]) + (
-            total["policies"]["ignore_pixels"] if p == "ignore" else 0
-        ) == 6 * H * W
+        assert (
+            sum(c["pixels"][p] for c in total["classes"])
+            + (total["policies"]["ignore_pixels"] if p == "ignore" else 0)
+            == 6 * H * W
+        )
     pairs = {(p["a"], p["b"]): p for p in total["policies"]["pairs"]}
     assert pairs[("max-class", "area-desc")]["pixels"] == 5 * one.differing(POLICY_PAIRS[0])
     assert pairs[("max-class", "area-desc")]["images"] == 5
@@ -297,9 +326,13 @@ def test_report_for_a_single_file_layout(tmp_path: Path) -> None:
     assert len(stats["samples"]) == 5 and all(s["consistent"] for s in stats["samples"])
     assert not stats["warnings"]
     assert {p.name for p in (tmp_path / "eda").glob("*.png")} >= {
-        "class_frequency.png", "overlap_matrix.png", "containment_matrix.png",
-        "policy_labels.png", "object_sizes.png", "policy_samples.png",
-    }  # fmt: skip
+        "class_frequency.png",
+        "overlap_matrix.png",
+        "containment_matrix.png",
+        "policy_labels.png",
+        "object_sizes.png",
+        "policy_samples.png",
+    }
     assert result.splits["all"].images == 6
 
 
@@ -309,14 +342,15 @@ def test_report_for_the_builtin_dataset_reads_the_mask_cache(tmp_path: Path) -> 
     cache = tmp_path / "cache"
     MaskCache.build(dataset.splits["train"], dataset, "max-class", cache)
     MaskCache.build(dataset.splits["val"], dataset, "max-class", cache)
-    result, html = run_eda(root, tmp_path / "eda", cache_dir=cache, n_samples=3)
+    _, html = run_eda(root, tmp_path / "eda", cache_dir=cache, n_samples=3)
     _check_html(html)
     stats = json.loads((tmp_path / "eda" / "stats.json").read_text())
     assert stats["dataset"]["layout"] == "competition"
     assert stats["splits"]["test"] == {
-        "images": 3, "annotated": False,
+        "images": 3,
+        "annotated": False,
         "image_sizes": [{"width": 64, "height": 64, "images": 3}],
-    }  # fmt: skip
+    }
     assert stats["splits"]["all"]["images"] == 20  # train + val, not the unannotated test
     assert stats["splits"]["all"]["overlap"]["multi_class_pixels"] > 0  # objects in bags
     assert stats["splits"]["all"]["overlap"]["containment"]["by_class_pair"][0]["outer"] == (
@@ -335,8 +369,20 @@ def test_report_for_the_builtin_dataset_reads_the_mask_cache(tmp_path: Path) -> 
 def test_cli_eda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _write_single(tmp_path / "data", n=4)
     out = tmp_path / "report"
-    rc = main(["eda", "--data", str(root), "--out", str(out), "--samples", "2", "-q",
-               "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    rc = main(
+        [
+            "eda",
+            "--data",
+            str(root),
+            "--out",
+            str(out),
+            "--samples",
+            "2",
+            "-q",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "max-class vs area-desc" in captured.out and "report.html" in captured.out

@@ -40,22 +40,38 @@ def _leet(*args: str) -> str:
     return proc.stdout
 
 
+def _fold(target: dict, record: dict) -> None:
+    target.update(record.get("update") or {})
+    for key in record.get("remove") or []:
+        target.pop(key, None)
+
+
 def read_wandb_run(run_dir: Path) -> dict:
-    """The offline W&B run of a trial, from its .wandb transaction log."""
+    """The offline W&B run of a trial, folded from the records of its .wandb transaction log
+    (one leet call; the first test checks the fold against leet's own ``--summary`` view)."""
     (sync_dir,) = (Path(run_dir) / "wandb").glob("offline-run-*")
     records = [json.loads(line) for line in _leet("--json", str(sync_dir)).splitlines() if line]
-    state = json.loads(_leet("--summary", "--json", str(sync_dir)))
     runs = [r["run"] for r in records if r["type"] == "run"]
+    config: dict = {}
+    summary: dict = {}
+    for r in records:
+        if r["type"] == "config":
+            _fold(config, r["config"])
+        elif r["type"] == "summary":
+            _fold(summary, r["summary"])
+    config.pop("_wandb", None)
+    (exit_record,) = (r["exit"] for r in records if r["type"] == "exit")
+    exit_code = exit_record.get("exit_code", 0)  # protobuf JSON leaves out zero values
     return {
         "run": runs[0],  # identity as wandb.init set it
         "history": [r["history"]["item"] for r in records if r["type"] == "history"],
         "artifacts": [r["artifact"] for r in records if r["type"] == "artifact"],
         "config_updates": [r["config"]["update"] for r in records if r["type"] == "config"],
-        "state": state["state"],
-        "exit_code": state["exit_code"],
-        "tags": state["tags"],
-        "config": state["config"],
-        "summary": state["summary"],
+        "state": "finished" if exit_code == 0 else "failed",
+        "exit_code": exit_code,
+        "tags": runs[-1].get("tags", []),  # finish() sends the run again with the final tags
+        "config": config,
+        "summary": summary,
         "dir": sync_dir,
     }
 
@@ -88,6 +104,9 @@ def test_offline_run_holds_identity_config_history_masks_and_summary(tiny_cfg):
     result = fit(cfg)
     assert result.status == "finished"
     wb = read_wandb_run(cfg.run_dir)
+    view = json.loads(_leet("--summary", "--json", str(wb["dir"])))  # wandb's own reading
+    assert (view["state"], view["exit_code"], view["tags"]) == ("finished", 0, wb["tags"])
+    assert view["config"] == wb["config"] and view["summary"] == wb["summary"]
 
     assert wb["run"]["run_group"] == "manual" and wb["run"]["job_type"] == "trial"
     assert wb["run"]["display_name"] == "t" and wb["run"]["project"] == "harness"
@@ -121,7 +140,7 @@ def test_offline_run_holds_identity_config_history_masks_and_summary(tiny_cfg):
     # summary: the same values as summary.json, the final metrics, the audit
     local = json.loads((cfg.run_dir / "summary.json").read_text())
     for key in ("status", "reason", "best_val_mIoU", "best_epoch", "per_class_iou", "flags"):
-        assert _norm(wb["summary"][key]) == _norm(local[key]), key
+        assert _norm(wb["summary"].get(key)) == _norm(local[key]), key  # W&B drops None
     assert wb["summary"]["wall_time_s"] == local["wall_time_s"]
     assert {k: _norm(wb["summary"][k]) for k in rows[-1]} == _norm(rows[-1])
     assert wb["summary"]["audit/ok"] is True and wb["summary"]["audit/n_findings"] == 0
@@ -191,7 +210,8 @@ def test_none_local_and_disabled_write_no_wandb_files(tiny_data, tmp_path, monke
     common = ["trial", "--data", str(tiny_data), "--out", str(runs), "--image-size", "64",
               "--fc-channels", "32", "--fc-kernel", "2", "--epochs", "2", "-q"]  # fmt: skip
     assert main([*common, "--name", "none", "--tracking", "none"]) == 0
-    assert main([*common, "--name", "local", "--tracking", "local"]) == 0
+    (tmp_path / "every.yaml").write_text("tracking: {media_every: 1}\n")
+    assert main([*common, "--name", "local", "--tracking", "local", "--config", "every.yaml"]) == 0
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert main([*common, "--name", "disabled", "--epochs", "1"]) == 0  # default: wandb
     assert not list(runs.rglob("wandb")) and not list(runs.rglob("*.wandb"))
@@ -205,8 +225,8 @@ def test_none_local_and_disabled_write_no_wandb_files(tiny_data, tmp_path, monke
         "why": "WANDB_MODE=disabled",
     }
     media = sorted(p.name for p in (runs / "local" / "media").iterdir())
-    assert media == ["masks-epoch-002.png"]  # media_every=5: only the end
-    # the panel's extra forward passes do not change training
+    assert media == ["masks-epoch-001.png", "masks-epoch-002.png"]
+    # the panel's forward passes after epoch 1 do not change how epoch 2 trains
     none, local = read_metrics(runs / "none"), read_metrics(runs / "local")
     assert [r["train/loss"] for r in none] == [r["train/loss"] for r in local]
 
@@ -258,8 +278,8 @@ def test_wandb_error_mid_trial_leaves_the_trial_and_its_record_intact(
         raise ValueError("history write failed")
 
     monkeypatch.setattr(WandbTracker, "_log_epoch", fail)
-    result = fit(with_overrides(tiny_cfg, {"train.epochs": 2}))
-    assert result.status == "finished" and len(read_metrics(tiny_cfg.run_dir)) == 2
+    result = fit(tiny_cfg)
+    assert result.status == "finished" and len(read_metrics(tiny_cfg.run_dir)) == 1
     assert capsys.readouterr().err.count("W&B logging failed (ValueError") == 1
     assert "history write failed" in result.summary["tracking"]["error"]
     assert read_wandb_run(tiny_cfg.run_dir)["state"] == "failed"

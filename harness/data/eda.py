@@ -95,7 +95,7 @@ def _polygon_count(segmentation: Any) -> int:
 
 def _paint_area(ann: Mapping[str, Any], pixels: int) -> float:
     # masks._area's rule, with the pixels counted once already
-    area = ann.get("area")
+    area: Any = ann.get("area")
     return float(area) if _masks._is_number(area) else float(pixels)
 
 
@@ -123,18 +123,23 @@ def analyze_image(
     classes = np.array([cat_to_class[a["category_id"]] for a in anns], dtype=np.int64)
     crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
     polygons = np.array([_polygon_count(a["segmentation"]) for a in anns], dtype=np.int64)
-    decoded = [_masks.decode_instance(a, height, width) for a in anns]
-    # One flat pixel order for all masks: pycocotools decodes column-major, so "F" is a view.
-    flat = [np.ravel(m, order="F") for m in decoded]
-    areas = np.array([np.count_nonzero(m) for m in flat], dtype=np.int64)
+    areas = np.zeros(n, dtype=np.int64)
+    # Background categories are never painted, so they cannot overlap anything.
+    painted: list[int] = []
+    count: np.ndarray = np.zeros(height * width, np.uint8 if n < 255 else np.uint16)
+    # Masks are kept bit-packed (8x smaller) until the overlap pixels are known: a large image
+    # with many annotations stays cheap. One flat pixel order for all of them: pycocotools
+    # decodes column-major, so an "F" ravel is a view.
+    packed: dict[int, np.ndarray] = {}
+    for i, a in enumerate(anns):
+        flat = np.ravel(_masks.decode_instance(a, height, width), order="F")
+        areas[i] = np.count_nonzero(flat)
+        if classes[i] != 0 and areas[i] > 0:
+            painted.append(i)
+            np.add(count, flat, out=count)
+            packed[i] = np.packbits(flat)
     # area-desc paints by masks._area (the JSON area, else the pixel count), then by id
     order_key = [(-_paint_area(a, int(px)), a["id"]) for a, px in zip(anns, areas, strict=True)]
-
-    # Background categories are never painted, so they cannot overlap anything.
-    painted = [i for i in range(n) if classes[i] != 0 and areas[i] > 0]
-    count: np.ndarray = np.zeros(height * width, np.uint8 if len(painted) < 255 else np.uint16)
-    for i in painted:
-        np.add(count, flat[i], out=count)
     foreground = int(np.count_nonzero(count))
     multi = np.flatnonzero(count >= 2)
 
@@ -149,8 +154,9 @@ def analyze_image(
         # Bit j of a pixel's code says whether painted[j] covers it; 64 annotations per word.
         words = (len(painted) + 63) // 64
         codes = np.zeros((multi.size, words), dtype=np.uint64)
+        byte, shift = multi >> 3, (7 - (multi & 7)).astype(np.uint8)
         for j, i in enumerate(painted):
-            hit = flat[i][multi]
+            hit = ((packed[i][byte] >> shift) & 1).astype(bool)
             codes[hit, j // 64] |= np.uint64(1 << (j % 64))
         if words == 1:
             uniq, counts = np.unique(codes[:, 0], return_counts=True)
