@@ -23,9 +23,9 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# Until the sweep issue lands, the main job is one trial on the built-in dataset.
+# The default study on the built-in dataset (runs/default/); running it again resumes it.
 sweep: $(STAMP)
-	$(BIN)/harness trial --name sweep-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/harness sweep sweeps/default.yaml
 
 trial: $(STAMP)
 	$(BIN)/harness trial

@@ -4,6 +4,9 @@
 (b) overhead: ``fit``'s training throughput vs a bare PyTorch loop over the same model, batches
     and device. Runs alternate (bare, fit, bare, fit, ...) and the median epoch throughput of each
     is compared, so drift in machine load hits both sides alike.
+(c) W&B: trial throughput (training images / trial wall time, which includes W&B's start, the
+    mask panels and finish) with ``--tracking wandb`` (offline) vs ``--tracking none``, in
+    alternating rounds (the order flips every round), medians compared.
 (eda) ``harness eda`` on a random competition-sized set (3,272 images of 512x512, about 25,000
     annotations): wall time of load + validate, analysis and report against the 120 s target.
 """
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import tempfile
 import time
@@ -67,6 +71,56 @@ def bench_overhead(cfg: TrialConfig, rounds: int = 3, epochs: int = 2) -> dict[s
     }
 
 
+def bench_tracking(cfg: TrialConfig, rounds: int = 3) -> dict[str, float]:
+    bundle = load_data(cfg)
+    rates: dict[str, list[float]] = {"none": [], "wandb": []}
+    previous = os.environ.get("WANDB_MODE")
+    os.environ["WANDB_MODE"] = "offline"  # a benchmark never uploads, logged in or not
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(rounds):
+                for backend in ("none", "wandb") if r % 2 == 0 else ("wandb", "none"):
+                    run_cfg = with_overrides(
+                        cfg, {"name": f"{backend}-{r}", "out_dir": tmp, "tracking.backend": backend}
+                    )
+                    result = fit(run_cfg, data=bundle)
+                    images = sum(
+                        row["time/train_img_per_s"] * row["time/epoch_s"] for row in result.history
+                    )
+                    rates[backend].append(images / result.wall_time_s)
+    finally:
+        if previous is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = previous
+    none, wandb = statistics.median(rates["none"]), statistics.median(rates["wandb"])
+    return {"none_img_per_s": none, "wandb_img_per_s": wandb, "ratio": wandb / none}
+
+
+def bench_pruning(sweep_file: Path, out: Path, quick: bool = False) -> dict[str, dict[str, float]]:
+    """(d): the same study (same sampler seed) without pruning and with the median pruner:
+    best val mIoU of each and the epochs trained in all."""
+    from harness.sweep import best_trial, load_spec, run_sweep, trials_of, with_options
+
+    spec = with_options(
+        load_spec(sweep_file), out=str(out), trial_overrides={"tracking.backend": "none"}
+    )
+    if quick:  # a smoke run: a few short trials
+        spec = with_options(spec, n_trials=4, trial_overrides={"train.epochs": 3})
+    results: dict[str, dict[str, float]] = {}
+    for pruner in ("none", "median"):
+        run = dataclasses.replace(spec, study=f"bench-{pruner}", pruner=pruner)
+        trials = trials_of(run_sweep(run))
+        best = best_trial(trials)
+        results[pruner] = {
+            "best": best.value if best is not None else float("nan"),
+            "epochs": float(sum(t.user_attrs.get("epochs_run", 0) for t in trials)),
+            "trials": float(len(trials)),
+            "pruned": float(sum(t.state.name == "PRUNED" for t in trials)),
+        }
+    return results
+
+
 def run_benchmarks(quick: bool = False) -> None:
     console = Console(highlight=False)
     torch.set_num_threads(torch.get_num_threads())
@@ -82,7 +136,8 @@ def run_benchmarks(quick: bool = False) -> None:
 
     cfg = with_overrides(
         TrialConfig(),
-        {"train.checkpoint": False, "train.epochs": 1 if quick else 2},
+        # (b) measures the harness alone; (c) turns W&B on, offline, round by round
+        {"train.checkpoint": False, "train.epochs": 1 if quick else 2, "tracking.backend": "none"},
     )
     rounds = 1 if quick else 3
     console.print(
@@ -93,6 +148,30 @@ def run_benchmarks(quick: bool = False) -> None:
     console.print(
         f"    bare loop {o['bare_img_per_s']:.1f} img/s, fit {o['fit_img_per_s']:.1f} img/s"
         f"  ->  ratio {o['ratio']:.3f} (target >= 0.9)"
+    )
+    console.print(
+        f"[bold](c) W&B overhead[/]: trial throughput, --tracking wandb (offline) vs none, "
+        f"{rounds} alternating rounds of {cfg.train.epochs} epochs"
+    )
+    t = bench_tracking(cfg, rounds=rounds)
+    console.print(
+        f"    none {t['none_img_per_s']:.1f} img/s, wandb offline {t['wandb_img_per_s']:.1f} img/s"
+        f"  ->  ratio {t['ratio']:.3f} (target >= 0.95)"
+    )
+    sweep_file = Path(__file__).resolve().parents[1] / "sweeps" / "default.yaml"
+    size = " (quick: 4 trials of 3 epochs)" if quick else ""
+    console.print(
+        f"[bold](d) pruning[/]: {sweep_file.name}{size}, median pruner vs none, same sampler seed"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        p = bench_pruning(sweep_file, Path(tmp), quick=quick)
+    none, median = p["none"], p["median"]
+    console.print(
+        f"    none: best val/mIoU {none['best']:.4f}, {none['epochs']:.0f} epochs; median: best "
+        f"{median['best']:.4f}, {median['epochs']:.0f} epochs ({median['pruned']:.0f} pruned)  ->  "
+        f"mIoU gap {none['best'] - median['best']:+.4f} (target <= 0.01), epochs "
+        f"{median['epochs'] / max(none['epochs'], 1):.0%} (target <= 60%)",
+        soft_wrap=True,
     )
     bench_eda_speed(console, quick=quick)
 

@@ -416,7 +416,9 @@ def dashboard(
     try:
         from optuna_dashboard import run_server
     except ImportError:
-        raise HarnessError("optuna-dashboard is not installed (pip install optuna-dashboard)")
+        raise HarnessError(
+            "optuna-dashboard is not installed (pip install optuna-dashboard)"
+        ) from None
     url = storage or str(out / study / "study.db")
     print(f"optuna-dashboard for study {study} ({mask_url(url)}): http://127.0.0.1:{port}/")
     run_server(study_obj._storage, host="127.0.0.1", port=port)

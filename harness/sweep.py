@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import multiprocessing
 import os
@@ -367,11 +368,25 @@ def storage_url(spec: SweepSpec) -> str:
     return f"sqlite:///{(spec.study_dir / STUDY_DB).resolve()}"
 
 
+def _driver_url(url: str) -> str:
+    """SQLAlchemy 2.1 maps plain ``postgresql://`` to psycopg 3; we ship psycopg2-binary."""
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres") and sep:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            return f"postgresql+psycopg2://{rest}"
+    return url
+
+
 def open_storage(url: str, spec: SweepSpec | None = None, *, heartbeat: bool = True) -> Any:
     """An RDBStorage with heartbeats: a trial whose worker died is failed and re-queued."""
     import optuna
     import sqlalchemy.exc
 
+    url = _driver_url(url)
+    # heartbeats are "experimental" in optuna since 2.8; the warning is noise for our users
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # several processes share one file: wait for the lock rather than fail at once
@@ -384,8 +399,6 @@ def open_storage(url: str, spec: SweepSpec | None = None, *, heartbeat: bool = T
                 max_retry=spec.max_retry
             ),
         )
-    # heartbeats are "experimental" in optuna since 2.8; the warning is noise for our users
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     last: Exception | None = None
     for attempt in range(5):  # two processes creating the tables of a fresh database can race
         try:
@@ -433,13 +446,14 @@ def create_study(spec: SweepSpec, url: str) -> Any:
     """Create the study once (before any worker starts); a racing creator just loads it."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec.study_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url, spec)
     try:
         study = optuna.create_study(
             storage=storage,
             study_name=spec.study,
-            direction=spec.direction,
+            direction="maximize" if spec.direction == "maximize" else "minimize",
             load_if_exists=True,
         )
     except Exception as exc:  # DuplicatedStudyError / IntegrityError from a concurrent creator
@@ -513,7 +527,7 @@ def _wandb_path(info: Mapping[str, Any]) -> str:
     if info.get("url"):
         return str(info["url"])
     if info.get("run_id"):
-        return f"{info.get('project')}/{info['run_id']} ({info.get('mode')})"
+        return f"{info['run_id']} ({info.get('mode')})"
     return str(info.get("mode") or info.get("backend") or "")
 
 
@@ -541,7 +555,7 @@ class Objective:
 
         cfg = trial_config(self.spec, trial)
         # a retried trial inherits the stale one's attributes: overwrite them all
-        for key, value in {
+        fresh: dict[str, Any] = {
             "config": cfg.to_dict(),
             "run_dir": str(cfg.run_dir),
             "status": "running",
@@ -549,7 +563,8 @@ class Objective:
             "flags": [],
             "epochs_run": 0,
             "wandb": "",
-        }.items():
+        }
+        for key, value in fresh.items():
             trial.set_user_attr(key, value)
         if self.console is not None:
             params = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
@@ -814,7 +829,68 @@ def run_sweep(spec: SweepSpec, *, workers: int = 1, console: Any = None) -> Any:
         _run_processes(spec, url, workers, say)
     trials = trials_of(study)
     write_best(spec, trials)
+    log_study_run(spec, trials, say)
     return study
+
+
+TABLE_COLUMNS = ("number", "state", "params", "val_mIoU", "epochs_run", "flags", "wandb_run")
+
+
+def log_study_run(
+    spec: SweepSpec, trials: Sequence[Any], say: Callable[[str], None] | None = None
+) -> None:
+    """One W&B run per study (``job_type`` "study", group = study): trial table + best config.
+    Like every tracker call, W&B trouble is reported once and never fails the sweep."""
+    from harness.tracking import _redact, _wandb_env, resolve_mode
+
+    if spec.base.tracking.backend != "wandb":
+        return
+    mode, _ = resolve_mode(os.environ)
+    if mode == "disabled":
+        return
+    best = best_trial(trials)
+    rows = [
+        [
+            t.number,
+            t.state.name.lower(),
+            json.dumps(t.params, sort_keys=True),
+            t.value if t.state.name == "COMPLETE" else t.user_attrs.get("best_miou"),
+            t.user_attrs.get("epochs_run"),
+            ",".join(t.user_attrs.get("flags") or []),
+            t.user_attrs.get("wandb", ""),
+        ]
+        for t in sorted(trials, key=lambda t: t.number)
+    ]
+    root = spec.study_dir / "wandb"
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        with _wandb_env(root):
+            run = wandb.init(
+                project=spec.base.tracking.project,
+                entity=spec.base.tracking.entity,
+                group=spec.study,
+                job_type="study",
+                name=f"{spec.study}-study",
+                config={
+                    "sweep": _jsonable_spec(spec),
+                    "best_config": best.user_attrs.get("config") if best else None,
+                    "best_trial": best.number if best else None,
+                },
+                mode=mode,  # type: ignore[arg-type]
+                dir=str(spec.study_dir),
+                reinit="create_new",
+                settings=wandb.Settings(silent=True, quiet=True, console="off"),
+            )
+            run.log({"trials": wandb.Table(columns=list(TABLE_COLUMNS), data=rows)})
+            run.summary["best/val_mIoU"] = best.value if best else None
+            run.summary["best/trial"] = best.number if best else None
+            run.finish()
+    except Exception as exc:
+        if say is not None:
+            say(f"W&B study run not logged ({_redact(f'{type(exc).__name__}: {exc}')})")
 
 
 def _check_data(spec: SweepSpec, console: Any) -> None:

@@ -40,6 +40,11 @@ def test_overrides_apply_on_top_of_yaml(tmp_path):
         ({"train.device": "gpu"}, "train.device='gpu': must be auto, cpu"),
         ({"name": "../x"}, "name='../x': must be letters"),
         ({"model.width": 0.0}, "model.width=0.0: must be > 0"),
+        ({"tracking.backend": "mlflow"}, "tracking.backend='mlflow': must be one of wandb, local"),
+        ({"tracking.project": "a/b"}, "tracking.project='a/b': must be 1-128 characters"),
+        ({"tracking.entity": "me you"}, "tracking.entity='me you': must be letters"),
+        ({"tracking.media_every": 0}, "tracking.media_every=0: must be >= 1"),
+        ({"tracking.media_images": -1}, "tracking.media_images=-1: must be >= 0"),
     ],
 )
 def test_invalid_values_name_field_value_and_rule(overrides, message):
@@ -90,3 +95,11 @@ def test_encoder_output_size_is_ceil_of_five_halvings():
 def test_to_dict_is_plain_yaml():
     text = yaml.safe_dump(TrialConfig().to_dict())
     assert "!!python" not in text
+
+
+def test_tracking_section_round_trips_and_old_configs_still_load(tmp_path):
+    cfg = with_overrides(TrialConfig(), {"tracking.backend": "local", "tracking.log_model": True})
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").tracking == cfg.tracking
+    (tmp_path / "old.yaml").write_text("optim: {lr: 1e-4}\n")  # written before tracking existed
+    assert load_config(tmp_path / "old.yaml").tracking.backend == "wandb"

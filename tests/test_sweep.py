@@ -22,6 +22,7 @@ from harness.cli import main
 from harness.config import load_config, with_overrides
 from harness.errors import ConfigError
 from harness.sweep import (
+    _driver_url,
     load_spec,
     mask_url,
     parse_spec,
@@ -69,7 +70,7 @@ def _write(tmp_path, doc, name="sweep.yaml"):
 
 def _trials(spec_or_url, study="s"):
     url = spec_or_url if isinstance(spec_or_url, str) else storage_url(spec_or_url)
-    return optuna.load_study(study_name=study, storage=url).get_trials()
+    return optuna.load_study(study_name=study, storage=_driver_url(url)).get_trials()
 
 
 def _states(trials):
@@ -114,11 +115,7 @@ def test_shipped_sweep_files_are_valid():
 )
 def test_sweep_file_errors_name_the_key_path(tiny_data, tmp_path, change, message):
     doc = _sweep_doc(tiny_data, tmp_path)
-    for key, value in change.items():
-        if isinstance(value, dict) and key in ("sampler", "pruner", "heartbeat", "trial"):
-            doc[key] = value
-        else:
-            doc[key] = value
+    doc.update(change)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         parse_spec(doc)
 
@@ -195,6 +192,7 @@ def test_flagged_trials_never_become_best(tiny_data, tmp_path):
     assert not (spec.study_dir / "best.yaml").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Fixed parameter lr:UserWarning")
 def test_failed_trial_is_recorded_with_reason_and_the_study_goes_on(tiny_data, tmp_path):
     from harness.sweep import create_study
 
@@ -217,6 +215,31 @@ def test_two_workers_share_the_embedded_store(tiny_data, tmp_path, capsys):
     assert 4 <= len(done) <= 5  # two workers may both start the last slot
     assert len({t.number for t in trials}) == len(trials)
     assert "study.db" in capsys.readouterr().out
+
+
+def _wandb_run_record(run_dir: Path) -> dict:
+    (offline,) = run_dir.glob("wandb/offline-run-*")
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(offline)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    return next(r["run"] for r in map(json.loads, out.splitlines()) if r.get("type") == "run")
+
+
+def test_wandb_runs_grouped_by_study_and_a_study_run(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    doc = _sweep_doc(tiny_data, tmp_path, n_trials=1)
+    doc["trial"]["tracking"] = {"backend": "wandb", "media_images": 0}
+    spec = parse_spec(doc)
+    run_sweep(spec)
+    (trial,) = _trials(spec)
+    assert "(offline)" in trial.user_attrs["wandb"]
+    run = _wandb_run_record(Path(trial.user_attrs["run_dir"]))
+    assert (run["run_group"], run["job_type"], run["display_name"]) == ("s", "trial", "s-0")
+    study_run = _wandb_run_record(spec.study_dir)
+    assert (study_run["run_group"], study_run["job_type"]) == ("s", "study")
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------
@@ -343,7 +366,22 @@ def test_sigint_marks_the_running_trial_failed_and_exits_130(tiny_data, tmp_path
     assert summary["status"] == "failed" and summary["reason"] == "interrupted"
 
 
-# --- dashboard ------------------------------------------------------------------------------
+# --- benchmark and dashboard ---
+
+
+def test_pruning_benchmark_runs_both_studies(tiny_data, tmp_path):
+    from harness.bench import bench_pruning
+
+    doc = _sweep_doc(tiny_data, tmp_path, n_trials=3)
+    doc["trial"]["train"]["epochs"] = 2
+    result = bench_pruning(_write(tmp_path, doc), tmp_path / "bench")
+    assert set(result) == {"none", "median"}
+    assert result["none"]["epochs"] == 6 and result["none"]["pruned"] == 0
+    assert result["median"]["epochs"] <= 6 and result["median"]["trials"] == 3
+    assert result["none"]["best"] > 0
+
+
+# --- dashboard ---------------------------------------------------------------------------------
 
 
 def test_dashboard_serves_the_study(tiny_data, tmp_path):
