@@ -3,8 +3,9 @@
 ``audit_param_groups`` compares the model's trainable parameters with the optimiser's groups.
 torch accepts an optimiser that covers only part of a model without a word (pytorch/pytorch#14467);
 that is how the story's encoder-only optimiser cost mIoU 0.16 instead of 0.34. The audit names
-every trainable parameter in no group, every parameter in several groups, empty groups and groups
-whose lr is 0, and sums it up per top-level module.
+every trainable parameter in no group, every parameter in several groups, empty groups, groups
+whose lr is 0 and top-level modules left with no trainable parameter although no option froze
+them, and sums it up per top-level module.
 """
 
 from __future__ import annotations
