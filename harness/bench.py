@@ -18,7 +18,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -28,6 +30,7 @@ from harness.config import TrialConfig, with_overrides
 from harness.data.cache import bench_masks
 from harness.models import build_model
 from harness.optim import build_optimizer
+from harness.tracking import Tracker, make_tracker
 from harness.train import fit, load_data, make_loaders, resolve_device, seed_everything
 
 
@@ -71,9 +74,40 @@ def bench_overhead(cfg: TrialConfig, rounds: int = 3, epochs: int = 2) -> dict[s
     }
 
 
+class _TimedTracker(Tracker):
+    """Delegates to a tracker and adds up the wall time spent in its calls."""
+
+    def __init__(self, inner: Tracker) -> None:
+        self.inner = inner
+        self.seconds = 0.0
+
+    def _timed(self, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        start = time.perf_counter()
+        try:
+            fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def start(self, cfg: TrialConfig, **kwargs: Any) -> None:
+        self._timed(self.inner.start, cfg, **kwargs)
+
+    def log_epoch(self, row: Mapping[str, Any], *, final: bool) -> None:
+        self._timed(self.inner.log_epoch, row, final=final)
+
+    def finish(self, summary: Mapping[str, Any]) -> None:
+        self._timed(self.inner.finish, summary)
+
+    def info(self) -> dict[str, Any]:
+        return self.inner.info()
+
+
 def bench_tracking(cfg: TrialConfig, rounds: int = 3) -> dict[str, float]:
+    """Trial throughput with W&B offline vs no tracking, and the time spent in W&B's own calls
+    (a direct measure that machine-load noise between trials cannot swamp)."""
     bundle = load_data(cfg)
     rates: dict[str, list[float]] = {"none": [], "wandb": []}
+    share: list[float] = []  # W&B call time / trial wall time
+    calls: list[float] = []
     previous = os.environ.get("WANDB_MODE")
     os.environ["WANDB_MODE"] = "offline"  # a benchmark never uploads, logged in or not
     try:
@@ -83,18 +117,29 @@ def bench_tracking(cfg: TrialConfig, rounds: int = 3) -> dict[str, float]:
                     run_cfg = with_overrides(
                         cfg, {"name": f"{backend}-{r}", "out_dir": tmp, "tracking.backend": backend}
                     )
-                    result = fit(run_cfg, data=bundle)
+                    tracker = _TimedTracker(make_tracker(run_cfg))
+                    result = fit(run_cfg, data=bundle, tracker=tracker)
                     images = sum(
                         row["time/train_img_per_s"] * row["time/epoch_s"] for row in result.history
                     )
                     rates[backend].append(images / result.wall_time_s)
+                    if backend == "wandb":
+                        calls.append(tracker.seconds)
+                        share.append(tracker.seconds / result.wall_time_s)
     finally:
         if previous is None:
             os.environ.pop("WANDB_MODE", None)
         else:
             os.environ["WANDB_MODE"] = previous
     none, wandb = statistics.median(rates["none"]), statistics.median(rates["wandb"])
-    return {"none_img_per_s": none, "wandb_img_per_s": wandb, "ratio": wandb / none}
+    return {
+        "none_img_per_s": none,
+        "wandb_img_per_s": wandb,
+        "ratio": wandb / none,
+        "wandb_call_s": statistics.median(calls),
+        "wandb_call_s_first": calls[0],
+        "direct_ratio": 1.0 - statistics.median(share),
+    }
 
 
 def bench_pruning(sweep_file: Path, out: Path, quick: bool = False) -> dict[str, dict[str, float]]:
@@ -157,6 +202,10 @@ def run_benchmarks(quick: bool = False) -> None:
     console.print(
         f"    none {t['none_img_per_s']:.1f} img/s, wandb offline {t['wandb_img_per_s']:.1f} img/s"
         f"  ->  ratio {t['ratio']:.3f} (target >= 0.95)"
+    )
+    console.print(
+        f"    time inside W&B calls: {t['wandb_call_s']:.2f}s per trial (median; the first in a "
+        f"process {t['wandb_call_s_first']:.2f}s)  ->  direct ratio {t['direct_ratio']:.3f}"
     )
     sweep_file = Path(__file__).resolve().parents[1] / "sweeps" / "default.yaml"
     size = " (quick: 4 trials of 3 epochs)" if quick else ""

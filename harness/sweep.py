@@ -25,7 +25,7 @@ import signal
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -750,7 +750,8 @@ def run_worker(
     """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # our own progress line says how each trial ended; optuna would add a traceback per failure
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(url, spec)
     trials0 = optuna.load_study(study_name=spec.study, storage=storage).get_trials(deepcopy=False)
     # the seed differs per worker and per resume: no replay of earlier random draws
@@ -804,7 +805,8 @@ def _worker_main(spec: SweepSpec, url: str, worker: int, threads: int) -> None:
     torch.set_num_threads(threads)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
-        run_worker(spec, url, worker=worker)
+        with _terminate_as_interrupt():
+            run_worker(spec, url, worker=worker)
     except KeyboardInterrupt:
         sys.exit(130)
     except HarnessError as exc:
@@ -812,8 +814,32 @@ def _worker_main(spec: SweepSpec, url: str, worker: int, threads: int) -> None:
         sys.exit(2)
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a stopping container) ends a trial like Ctrl-C: marked failed, W&B
+    run closed, instead of a trial left running until its heartbeat goes stale."""
+    import threading
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_sweep(spec: SweepSpec, *, workers: int = 1, console: Any = None) -> Any:
     """Create the study once, run ``workers`` workers, write best.yaml; returns the study."""
+    with _terminate_as_interrupt():
+        return _run_sweep(spec, workers, console)
+
+
+def _run_sweep(spec: SweepSpec, workers: int, console: Any) -> Any:
     url = storage_url(spec)
     say = (lambda m: console.print(m, markup=False, soft_wrap=True)) if console else None
     if say is not None:

@@ -308,7 +308,8 @@ class Tracker:
 
 
 class _PanelTracker(Tracker):
-    def __init__(self) -> None:
+    def __init__(self, say: Say = _stderr) -> None:
+        self.say = say
         self.panel: MaskPanel | None = None
         self.every = 1
         self._model: nn.Module | None = None
@@ -320,13 +321,18 @@ class _PanelTracker(Tracker):
         self.every = cfg.tracking.media_every
         self._model, self._device = model, device
         if cfg.tracking.media_images > 0:
-            self.panel = MaskPanel.build(
-                bundle.val,
-                bundle.class_names,
-                bundle.ignore_index,
-                cfg.tracking.media_images,
-                cfg.train.batch_size,
-            )
+            try:
+                self.panel = MaskPanel.build(
+                    bundle.val,
+                    bundle.class_names,
+                    bundle.ignore_index,
+                    cfg.tracking.media_images,
+                    cfg.train.batch_size,
+                )
+            except Exception as exc:  # a panel is a nicety: never worth a trial
+                self.say(
+                    f"mask panel off for this trial ({_redact(f'{type(exc).__name__}: {exc}')})"
+                )
 
     def _predict_if_due(self, epoch: int, final: bool) -> np.ndarray | None:
         if self.panel is None or self._model is None or not media_due(epoch, final, self.every):
@@ -339,8 +345,8 @@ class LocalTracker(_PanelTracker):
 
     backend = "local"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, say: Say = _stderr) -> None:
+        super().__init__(say)
         self.dir: Path | None = None
 
     def start(
@@ -350,9 +356,13 @@ class LocalTracker(_PanelTracker):
         self.dir = cfg.run_dir / "media"
 
     def log_epoch(self, row: Mapping[str, Any], *, final: bool) -> None:
-        pred = self._predict_if_due(int(row["epoch"]), final)
-        if pred is not None and self.panel is not None and self.dir is not None:
-            panel_png(self.panel, pred, self.dir / f"masks-epoch-{int(row['epoch']):03d}.png")
+        try:
+            pred = self._predict_if_due(int(row["epoch"]), final)
+            if pred is not None and self.panel is not None and self.dir is not None:
+                panel_png(self.panel, pred, self.dir / f"masks-epoch-{int(row['epoch']):03d}.png")
+        except Exception as exc:
+            self.panel = None
+            self.say(f"mask panel off for this trial ({_redact(f'{type(exc).__name__}: {exc}')})")
 
 
 def _has_credentials(environ: Mapping[str, str]) -> bool:
@@ -370,8 +380,10 @@ def _has_credentials(environ: Mapping[str, str]) -> bool:
 def resolve_mode(environ: Mapping[str, str]) -> tuple[str, str]:
     """``(online|offline|disabled, why)``: WANDB_MODE first, then whether credentials exist."""
     mode = environ.get("WANDB_MODE", "").strip().lower()
-    if mode == "disabled" or environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
+    if mode == "disabled":
         return "disabled", "WANDB_MODE=disabled"
+    if environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):  # the legacy switch
+        return "disabled", "WANDB_DISABLED=true"
     if mode in ("offline", "dryrun"):
         return "offline", f"WANDB_MODE={mode}"
     if not _has_credentials(environ):
@@ -422,15 +434,13 @@ class WandbTracker(_PanelTracker):
         extra_config: Mapping[str, Any] | None = None,
         say: Say = _stderr,
     ) -> None:
-        super().__init__()
+        super().__init__(say)
         self.group = group
         self.job_type = job_type
         self.tags = list(tags)
         self.extra_config = dict(extra_config or {})
-        self.say = say
         self.run: Any = None
         self.mode = "none"
-        self.why = ""
         self.log_model = False
         self._env: ExitStack | None = None
         self._run_dir: Path | None = None
@@ -450,6 +460,25 @@ class WandbTracker(_PanelTracker):
                 self.say, "disabled", f"W&B disabled ({why}): trials are recorded locally only"
             )
             return
+        try:
+            self._start(cfg, mode, why, model=model, device=device, bundle=bundle, audit=audit)
+        except Exception as exc:
+            with suppress(Exception):
+                if self.run is not None:
+                    self.run.finish(exit_code=1)
+            self._local_only(_redact(f"{type(exc).__name__}: {exc}"))
+
+    def _start(
+        self,
+        cfg: TrialConfig,
+        mode: str,
+        why: str,
+        *,
+        model: nn.Module,
+        device: torch.device,
+        bundle: Any,
+        audit: Any,
+    ) -> None:
         super().start(cfg, model=model, device=device, bundle=bundle, audit=audit)
         os.environ.setdefault("WANDB_SILENT", "true")  # before the import: no banner per trial
         try:
@@ -490,16 +519,19 @@ class WandbTracker(_PanelTracker):
                 self.mode = attempt
                 break
             except Exception as exc:
-                reason = _redact(f"{type(exc).__name__}: {exc}")
+                # wandb's own hint names a Python setting; WANDB_INIT_TIMEOUT is ours
+                reason = _redact(f"{type(exc).__name__}: {exc}").split(" Consider increasing")[0]
                 if attempt == "online":
                     with _lock:
                         _online_broken[:] = [reason]
-                    self.say(f"W&B could not start online ({reason}); falling back to offline")
+                    self.say(
+                        f"W&B could not start online ({reason}); falling back to offline "
+                        "(WANDB_INIT_TIMEOUT sets how long to wait)"
+                    )
                     why = "online failed to start"
                 else:
                     self._local_only(reason)
                     return
-        self.why = why
         self._info = {
             "backend": self.backend,
             "mode": self.mode,
@@ -626,5 +658,5 @@ def make_tracker(
             group=group, tags=tags, extra_config=extra_config, say=console_say(console)
         )
     if backend == "local":
-        return LocalTracker()
+        return LocalTracker(say=console_say(console))
     return Tracker()

@@ -372,12 +372,12 @@ def test_sigint_marks_the_running_trial_failed_and_exits_130(tiny_data, tmp_path
 def test_pruning_benchmark_runs_both_studies(tiny_data, tmp_path):
     from harness.bench import bench_pruning
 
-    doc = _sweep_doc(tiny_data, tmp_path, n_trials=3)
+    doc = _sweep_doc(tiny_data, tmp_path, n_trials=2)
     doc["trial"]["train"]["epochs"] = 2
     result = bench_pruning(_write(tmp_path, doc), tmp_path / "bench")
     assert set(result) == {"none", "median"}
-    assert result["none"]["epochs"] == 6 and result["none"]["pruned"] == 0
-    assert result["median"]["epochs"] <= 6 and result["median"]["trials"] == 3
+    assert result["none"]["epochs"] == 4 and result["none"]["pruned"] == 0
+    assert result["median"]["epochs"] <= 4 and result["median"]["trials"] == 2
     assert result["none"]["best"] > 0
 
 

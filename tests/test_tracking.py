@@ -267,12 +267,19 @@ def test_wandb_error_mid_trial_leaves_the_trial_and_its_record_intact(
     assert read_wandb_run(tiny_cfg.run_dir)["state"] == "failed"
 
 
-def test_cli_run_writes_nothing_to_home_and_no_credentials(tiny_data, tmp_path):
+def test_cli_run_falls_back_offline_writes_nothing_to_home_and_no_key(tiny_data, tmp_path):
+    """A real online attempt against a closed local port (no network needed), in a fresh
+    process whose home folder is empty."""
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "WANDB_"))}
     env.pop("MPLCONFIGDIR", None)
-    env.update(HOME=str(home), WANDB_MODE="offline", WANDB_API_KEY=SECRET)
+    env.update(
+        HOME=str(home),
+        WANDB_API_KEY=SECRET,  # "logged in", so W&B tries online first
+        WANDB_BASE_URL="http://127.0.0.1:9",  # nothing listens there: refused at once
+        WANDB_INIT_TIMEOUT="3",
+    )
     args = ["trial", "--data", str(tiny_data), "--out", "runs", "--name", "h", "--image-size",
             "64", "--fc-channels", "32", "--fc-kernel", "2", "--epochs", "1", "--log-model",
             "--wandb-project", "p1", "--wandb-entity", "me", "-q"]  # fmt: skip
@@ -285,15 +292,16 @@ def test_cli_run_writes_nothing_to_home_and_no_credentials(tiny_data, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "W&B offline, WANDB_MODE=offline. Upload later with: wandb sync" in proc.stderr
+    assert "W&B could not start online (CommError" in proc.stderr
+    assert "W&B offline, online failed to start. Upload later with: wandb sync" in proc.stderr
     assert sorted(p.relative_to(home) for p in home.rglob("*")) == []
-    run_dir = tmp_path / "runs" / "h"
     assert not (tmp_path / "wandb").exists() and not (tmp_path / "artifacts").exists()
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
-    wb = read_wandb_run(run_dir)
+    wb = read_wandb_run(tmp_path / "runs" / "h")
     assert wb["run"]["project"] == "p1" and wb["run"]["entity"] == "me"
+    assert wb["state"] == "finished"
     assert any(a["type"] == "model" for a in wb["artifacts"])
 
 
