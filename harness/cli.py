@@ -353,7 +353,15 @@ def sweep(
         trial_overrides={"tracking.backend": tracking},
     )
     console = Console(highlight=False)
-    study_obj = run_sweep(spec, workers=workers, console=None if quiet else console)
+    try:
+        study_obj = run_sweep(spec, workers=workers, console=None if quiet else console)
+    except KeyboardInterrupt:
+        # typer turns Ctrl-C into a silent exit 130; say what happened and how to go on
+        _error(
+            f"interrupted: the running trial is recorded as failed; run the same command "
+            f"to resume study {spec.study}"
+        )
+        raise typer.Exit(130) from None
     console.print(trial_table(trials_of(study_obj), title=f"study {spec.study}"))
     best_path = spec.study_dir / BEST_FILE
     if best_path.exists():

@@ -359,6 +359,7 @@ def test_sigint_marks_the_running_trial_failed_and_exits_130(tiny_data, tmp_path
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted") and "Traceback" not in err
     (trial,) = _trials(spec)
     assert trial.number == victim.number and trial.state.name == "FAIL"
     assert trial.user_attrs["reason"].startswith("interrupted")

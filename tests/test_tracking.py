@@ -7,15 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from harness import __version__, tracking
 from harness.cli import main
 from harness.config import with_overrides
+from harness.data.dataset import fixed_val_indices
+from harness.models import build_model
 from harness.record import read_metrics
-from harness.tracking import AUDIT_TABLE_KEY, FLAT_KEYS, MEDIA_KEY, WandbTracker
-from harness.train import Callback, StopTrial, fit
+from harness.tracking import AUDIT_TABLE_KEY, FLAT_KEYS, MEDIA_KEY, MaskPanel, WandbTracker
+from harness.train import Callback, StopTrial, fit, load_data
 
 SECRET = "local-" + "s3cr3t" * 8  # a well-formed API key that must never be written anywhere
 
@@ -190,12 +194,11 @@ def test_none_local_and_disabled_write_no_wandb_files(tiny_data, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
     common = ["trial", "--data", str(tiny_data), "--out", str(runs), "--image-size", "64",
-              "--fc-channels", "32", "--fc-kernel", "2", "--epochs", "2", "-q"]  # fmt: skip
+              "--fc-channels", "32", "--fc-kernel", "2", "--epochs", "1", "-q"]  # fmt: skip
     assert main([*common, "--name", "none", "--tracking", "none"]) == 0
-    (tmp_path / "every.yaml").write_text("tracking: {media_every: 1}\n")
-    assert main([*common, "--name", "local", "--tracking", "local", "--config", "every.yaml"]) == 0
+    assert main([*common, "--name", "local", "--tracking", "local"]) == 0
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert main([*common, "--name", "disabled", "--epochs", "1"]) == 0  # default: wandb
+    assert main([*common, "--name", "disabled"]) == 0  # the default backend: wandb
     assert not list(runs.rglob("wandb")) and not list(runs.rglob("*.wandb"))
     assert yaml.safe_load((runs / "none" / "config.yaml").read_text())["tracking"]["backend"] == (
         "none"
@@ -206,11 +209,24 @@ def test_none_local_and_disabled_write_no_wandb_files(tiny_data, tmp_path, monke
         "mode": "disabled",
         "why": "WANDB_MODE=disabled",
     }
-    media = sorted(p.name for p in (runs / "local" / "media").iterdir())
-    assert media == ["masks-epoch-001.png", "masks-epoch-002.png"]
-    # the panel's forward passes after epoch 1 do not change how epoch 2 trains
-    none, local = read_metrics(runs / "none"), read_metrics(runs / "local")
-    assert [r["train/loss"] for r in none] == [r["train/loss"] for r in local]
+    assert [p.name for p in (runs / "local" / "media").iterdir()] == ["masks-epoch-001.png"]
+    assert not (runs / "none" / "media").exists()
+
+
+def test_mask_panel_is_fixed_and_leaves_model_and_rng_untouched(tiny_cfg):
+    bundle = load_data(tiny_cfg)
+    panel = MaskPanel.build(bundle.val, bundle.class_names, bundle.ignore_index, k=5, batch_size=2)
+    assert panel is not None and panel.indices == fixed_val_indices(len(bundle.val), 5)
+    assert panel.images.shape == (5, 64, 64, 3) and panel.images.dtype == np.uint8
+    assert panel.truth.shape == (5, 64, 64) and panel.class_labels[255] == "ignore"
+    model = build_model(tiny_cfg.model, num_classes=bundle.num_classes).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}  # BN running stats included
+    rng = torch.get_rng_state()
+    pred = panel.predict(model, torch.device("cpu"))
+    assert pred.shape == (5, 64, 64) and pred.max() < bundle.num_classes
+    assert model.training  # restored: the next epoch trains as it would have
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
 
 
 def test_start_failures_fall_back_to_offline_then_to_the_local_record(
