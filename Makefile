@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # W&B and torch caches stay out of the home folder when tracking lands; see README
 export MPLCONFIGDIR := $(CURDIR)/runs/.mplconfig
 
-.PHONY: install test sweep trial lint bench clean
+.PHONY: install test sweep bug-demo trial lint bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ test: $(STAMP)
 # The default study on the built-in dataset (runs/default/); running it again resumes it.
 sweep: $(STAMP)
 	$(BIN)/harness sweep sweeps/default.yaml
+
+# A study with injected silent bugs in a share of its trials: each should end up flagged.
+bug-demo: $(STAMP)
+	$(BIN)/harness sweep sweeps/bug-demo.yaml
 
 trial: $(STAMP)
 	$(BIN)/harness trial

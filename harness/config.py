@@ -24,7 +24,12 @@ OVERLAP_POLICIES = ("max-class", "area-desc", "ignore")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "poly")
 MODELS = ("deconvnet",)
-INJECTABLE_BUGS = ("encoder-only-optimizer",)
+INJECTABLE_BUGS = (
+    "encoder-only-optimizer",  # the story's optimiser: FCN, decoder and head never stepped
+    "frozen-decoder",  # decoder requires_grad=False by mistake
+    "zero-lr-decoder",  # the decoder's optimiser group has lr 0
+    "shuffled-masks",  # training masks paired with the wrong images
+)
 TRACKING_BACKENDS = ("wandb", "local", "none")
 N_POOLS = 5  # VGG16 has five 2x2/2 max pools
 
@@ -134,6 +139,9 @@ class TrainConfig:
     strict: bool = False  # abort when the param-group audit finds anything
     inject_bug: str | None = None
     checkpoint: bool = True
+    monitor: bool = True  # update monitor + learning check (flags never-updated:*, no-learning)
+    monitor_steps: int = 5  # the monitor's early look: after this many optimiser steps
+    stop_never_updated: bool = False  # end the trial (failed) when a module never moved
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -146,6 +154,8 @@ class TrainConfig:
             _fail("train.device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
         if self.inject_bug is not None:
             _check_choice("train.inject_bug", self.inject_bug, INJECTABLE_BUGS)
+        if self.monitor_steps < 1:
+            _fail("train.monitor_steps", self.monitor_steps, "must be >= 1")
 
 
 @dataclass(frozen=True)

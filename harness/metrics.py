@@ -89,4 +89,6 @@ class SegMetrics:
             "pixel_acc": pixel_accuracy(cm),
             "iou": [float(v) for v in iou_per_class(cm)],
             "per_image_mIoU": float(per_image.mean()) if per_image.numel() else float("nan"),
+            # true pixels per class: the baseline of predicting the majority class everywhere
+            "class_pixels": [int(v) for v in cm.sum(1)],
         }

@@ -17,6 +17,9 @@ from torch import nn
 from harness.config import OptimConfig
 
 ENCODER = "encoder"
+DECODER = "decoder"
+# injectable bugs that live in the optimiser / the model's requires_grad (see build_buggy_optimizer)
+OPTIMIZER_BUGS = ("encoder-only-optimizer", "frozen-decoder", "zero-lr-decoder")
 
 
 def top_level_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -71,6 +74,17 @@ def build_buggy_optimizer(model: nn.Module, cfg: OptimConfig, bug: str) -> torch
         # The FCN, decoder and head are never stepped and keep their random init.
         encoder = model.get_submodule(ENCODER)
         return _make([{"name": ENCODER, "params": encoder.parameters(), "lr": cfg.f_lr}], cfg)
+    if bug == "frozen-decoder":
+        # A leftover freeze (e.g. from a fine-tuning recipe): the decoder keeps its random init
+        model.get_submodule(DECODER).requires_grad_(False)
+        return build_optimizer(model, cfg)
+    if bug == "zero-lr-decoder":
+        # A per-module lr table with a typo: the decoder group is stepped with lr 0
+        groups = param_groups(model, cfg)
+        for group in groups:
+            if group["name"] == DECODER:
+                group["lr"] = 0.0
+        return _make(groups, cfg)
     raise ValueError(f"unknown bug {bug!r}")
 
 

@@ -595,6 +595,7 @@ class Objective:
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("reason", result.reason)
         trial.set_user_attr("flags", list(result.flags))
+        trial.set_user_attr("evidence", dict(result.evidence))
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("best_miou", _finite(result.best_miou))
@@ -636,17 +637,50 @@ def done_count(trials: Sequence[Any]) -> int:
     return c["COMPLETE"] + c["PRUNED"]
 
 
+def study_outliers(trials: Sequence[Any]) -> dict[int, str]:
+    """``outlier:low-miou`` evidence by trial number, from the study's finished trials as they
+    are now (a pure function of them: recomputed, never stale, as the study grows)."""
+    from harness.outliers import low_miou_outliers
+
+    # an injected bug is what the detector must find, not a hyperparameter it may explain it by
+    hidden = ("inject_bug", "train.inject_bug")
+    done = [
+        (t.number, {k: v for k, v in t.params.items() if k not in hidden}, float(t.value))
+        for t in trials
+        if t.state.name == "COMPLETE" and t.value is not None
+    ]
+    return {key: o.evidence for key, o in low_miou_outliers(done).items()}
+
+
+def trial_flags(trial: Any, outliers: Mapping[int, str]) -> list[str]:
+    """The trial's own flags (audit, monitor, learning check) plus the study-level one."""
+    from harness.outliers import OUTLIER_LOW
+
+    flags = list(trial.user_attrs.get("flags") or [])
+    if trial.number in outliers:
+        flags.append(OUTLIER_LOW)
+    return flags
+
+
 def best_trial(trials: Sequence[Any]) -> Any | None:
-    """The best finished trial that no check flagged."""
+    """The best finished trial that no check flagged (study-level outliers included)."""
+    outliers = study_outliers(trials)
     ok = [
         t
         for t in trials
         if t.state.name == "COMPLETE"
         and t.value is not None
-        and not t.user_attrs.get("flags")
+        and not trial_flags(t, outliers)
         and t.user_attrs.get("config")
     ]
     return max(ok, key=lambda t: (t.value, -t.number), default=None)
+
+
+def record_outliers(study: Any, trials: Sequence[Any]) -> None:
+    """The study-level flags as a study user attribute (a finished trial's own attributes can no
+    longer be changed in Optuna): ``{"<number>": "mIoU 0.03, neighbours predict ..."}``."""
+    outliers = study_outliers(trials)
+    study.set_user_attr("outliers", {str(n): ev for n, ev in sorted(outliers.items())})
 
 
 def write_best(spec: SweepSpec, trials: Sequence[Any]) -> Path | None:
@@ -681,6 +715,7 @@ def read_best(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def trial_rows(trials: Sequence[Any], param_names: Sequence[str]) -> list[list[Any]]:
+    outliers = study_outliers(trials)
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
         ua = t.user_attrs
@@ -696,7 +731,7 @@ def trial_rows(trials: Sequence[Any], param_names: Sequence[str]) -> list[list[A
                 *[_fmt(t.params.get(n, "")) for n in param_names],
                 "" if value is None else f"{value:.4f}",
                 ua.get("epochs_run", ""),
-                ",".join(ua.get("flags") or []),
+                ",".join(trial_flags(t, outliers)),
                 ua.get("wandb", ""),
                 str(note)[:48],
             ]
@@ -767,6 +802,7 @@ def run_worker(
 
     def after_trial(study: Any, trial: Any) -> None:
         trials = trials_of(study)
+        record_outliers(study, trials)
         write_best(spec, trials)
         if say is not None:
             say(progress_line(spec, trials, trial))
@@ -854,6 +890,7 @@ def _run_sweep(spec: SweepSpec, workers: int, console: Any) -> Any:
     else:
         _run_processes(spec, url, workers, say)
     trials = trials_of(study)
+    record_outliers(study, trials)
     write_best(spec, trials)
     log_study_run(spec, trials, say)
     return study
@@ -875,6 +912,7 @@ def log_study_run(
     if mode == "disabled":
         return
     best = best_trial(trials)
+    outliers = study_outliers(trials)
     rows = [
         [
             t.number,
@@ -882,7 +920,7 @@ def log_study_run(
             json.dumps(t.params, sort_keys=True),
             t.value if t.state.name == "COMPLETE" else t.user_attrs.get("best_miou"),
             t.user_attrs.get("epochs_run"),
-            ",".join(t.user_attrs.get("flags") or []),
+            ",".join(trial_flags(t, outliers)),
             t.user_attrs.get("wandb", ""),
         ]
         for t in sorted(trials, key=lambda t: t.number)

@@ -8,6 +8,7 @@ best checkpoint by val mIoU, a clean stop on a NaN/inf loss, and callbacks (prun
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -31,6 +32,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.metrics import SegMetrics
 from harness.models import build_model
 from harness.optim import (
+    OPTIMIZER_BUGS,
     build_buggy_optimizer,
     build_optimizer,
     build_scheduler,
@@ -73,6 +75,7 @@ class TrialResult:
     run_dir: Path
     audit: AuditReport | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, str] = field(default_factory=dict)  # flag -> what was seen
 
 
 class Callback:
@@ -82,7 +85,15 @@ class Callback:
         pass
 
     def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
-        pass
+        """``row`` is the epoch's metrics row: keys added here reach metrics.jsonl and W&B."""
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        """After each optimiser step (``step`` counts from 1 over the whole fit). Only called
+        on callbacks that override it: the hot path costs nothing otherwise."""
+
+    def flags(self) -> dict[str, str]:
+        """Flags this callback raised, each with its evidence; ``fit`` records them."""
+        return {}
 
 
 # --- building blocks -------------------------------------------------------------------------
@@ -112,7 +123,8 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
 
 
 def _progress(console: Console | None, total: int, description: str) -> Progress | None:
-    if console is None:
+    # a transient bar only makes sense on a terminal; in a log it leaves blank lines
+    if console is None or not console.is_terminal:
         return None
     return Progress(
         TextColumn("{task.description}"),
@@ -153,6 +165,7 @@ def train_one_epoch(
     amp: bool = False,
     channels_last: bool = False,
     advance: Callable[..., None] = lambda **_: None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
     model.train()
     loss_sum, n_images, step = 0.0, 0, 0
@@ -180,6 +193,8 @@ def train_one_epoch(
         loss_sum += value * images.shape[0]
         n_images += images.shape[0]
         advance(info=f"loss {value:.3f}")
+        if on_step is not None:
+            on_step(step, value)
     seconds = time.perf_counter() - start
     return {
         "loss": loss_sum / max(n_images, 1),
@@ -286,6 +301,36 @@ def make_loaders(
 # --- fit --------------------------------------------------------------------------------------
 
 
+class ShiftedMasks(torch.utils.data.Dataset):
+    """The ``shuffled-masks`` bug: image i comes with the mask of image (i + 1) % n."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, _ = self.dataset[index]
+        _, mask = self.dataset[(index + 1) % len(self.dataset)]
+        return image, mask
+
+
+def _default_callbacks(cfg: TrialConfig) -> list[Callback]:
+    """The update monitor, unless ``train.monitor`` is off (the learning check runs in fit)."""
+    if not cfg.train.monitor:
+        return []
+    from harness.monitor import UpdateMonitor
+
+    return [
+        UpdateMonitor(
+            cfg.train.monitor_steps,
+            frozen_modules(cfg.optim),
+            stop=cfg.train.stop_never_updated,
+        )
+    ]
+
+
 def _epoch_line(row: dict[str, Any], epochs: int) -> str:
     return (
         f"epoch {row['epoch']:>3}/{epochs}  train/loss {row['train/loss']:.4f}  "
@@ -319,6 +364,8 @@ def fit(
         torch.backends.cudnn.deterministic = True
 
     bundle = data if data is not None else load_data(cfg, console)
+    if cfg.train.inject_bug == "shuffled-masks":
+        bundle = dataclasses.replace(bundle, train=ShiftedMasks(bundle.train))
     class_names: list[str] = list(bundle.class_names)
     record.write_config(cfg, {"dataset": bundle.info, "harness_version": __version__})
 
@@ -330,13 +377,23 @@ def fit(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    if cfg.train.inject_bug == "encoder-only-optimizer":
+    if cfg.train.inject_bug in OPTIMIZER_BUGS:
         optimizer = build_buggy_optimizer(model, cfg.optim, cfg.train.inject_bug)
     else:
         optimizer = build_optimizer(model, cfg.optim)
     audit = audit_param_groups(model, optimizer, frozen_on_purpose=frozen_modules(cfg.optim))
     record.write_audit(audit.to_dict())
     flags = [f"audit:{f.code}" for f in audit.findings]
+    evidence = {f"audit:{f.code}": f.message for f in audit.findings}
+    callbacks = [*_default_callbacks(cfg), *callbacks]
+    step_callbacks = [cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end]
+    global_step = 0
+
+    def on_step(step: int, loss: float) -> None:
+        for cb in step_callbacks:
+            cb.on_step_end(global_step + step, loss)
+
+    baseline_miou = math.nan  # val mIoU of predicting the majority class everywhere
     if console is not None:
         console.print(audit_table(audit))
         for finding in audit.findings:
@@ -358,6 +415,14 @@ def fit(
     status, reason = "finished", None
 
     def finish() -> TrialResult:
+        for cb in callbacks:
+            with contextlib.suppress(Exception):  # a broken callback must not lose the record
+                evidence.update(cb.flags())
+        if status == "finished" and cfg.train.monitor:
+            from harness.monitor import check_learning
+
+            evidence.update(check_learning(history, baseline_miou))
+        flags.extend(f for f in evidence if f not in flags)
         best = best_miou if best_epoch is not None else math.nan
         per_class = dict(zip(class_names, best_iou, strict=True))
         last = history[-1] if history else {}
@@ -371,6 +436,7 @@ def fit(
             "per_class_iou": per_class,
             "final": last,
             "flags": flags,
+            "evidence": evidence,
             "audit_ok": audit.ok,
             "wall_time_s": wall_time,
             "device": str(device),
@@ -393,6 +459,7 @@ def fit(
             run_dir=record.dir,
             audit=audit,
             summary=summary,
+            evidence=dict(evidence),
         )
 
     # started here so that a --strict abort shows up in W&B too; from here on, finish() runs
@@ -426,7 +493,14 @@ def fit(
                         amp=amp,
                         channels_last=channels_last,
                         advance=advance,
+                        on_step=on_step if step_callbacks else None,
                     )
+                global_step += int(tr["steps"])
+            except StopTrial as exc:  # a monitor's verdict after its first steps
+                status, reason = exc.status, f"epoch {epoch}: {exc.reason}"
+                if console is not None:
+                    console.print(f"[bold red]trial stopped[/]: {reason}", soft_wrap=True)
+                break
             except NonFiniteLoss as exc:
                 status, reason = "failed", f"epoch {epoch}: {exc}"
                 flags.append("nan-loss")
@@ -455,8 +529,11 @@ def fit(
                 "time/epoch_s": tr["seconds"],
                 "time/train_img_per_s": tr["images"] / max(tr["seconds"], 1e-9),
             }
+            if math.isnan(baseline_miou):
+                from harness.monitor import majority_miou
+
+                baseline_miou = majority_miou(ev["class_pixels"])
             history.append(row)
-            record.append_metrics(row)
             if console is not None:
                 console.print(_epoch_line(row, epochs), soft_wrap=True)
             miou = ev["mIoU"]
@@ -480,7 +557,9 @@ def fit(
             except StopTrial as exc:
                 stop = exc
             finally:
-                # after the callbacks: a pruned trial's last epoch gets the final mask panel
+                # after the callbacks: they may add keys (updates/*, grad_norm/*), and a pruned
+                # trial's last epoch gets the final mask panel
+                record.append_metrics(row)
                 track.log_epoch(row, final=stop is not None or epoch == epochs)
             if stop is not None:
                 status, reason = stop.status, f"epoch {epoch}: {stop.reason}"
