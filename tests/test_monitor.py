@@ -119,8 +119,11 @@ def test_stop_on_never_updated_ends_the_trial_early(tiny_cfg):
 
 @pytest.mark.parametrize("bug", [b for b in INJECTABLE_BUGS])
 def test_every_injectable_bug_is_caught_by_some_layer(tiny_cfg, bug):
+    # structural bugs: the monitor sees them after the first steps; shuffled masks need the
+    # learning check, which judges val mIoU from 5 epochs on
+    epochs = 5 if bug == "shuffled-masks" else 1
     cfg = with_overrides(
-        tiny_cfg, {"train.inject_bug": bug, "train.epochs": 5, "tracking.backend": "none"}
+        tiny_cfg, {"train.inject_bug": bug, "train.epochs": epochs, "tracking.backend": "none"}
     )
     result = fit(cfg)
     assert result.status == "finished"
@@ -128,3 +131,12 @@ def test_every_injectable_bug_is_caught_by_some_layer(tiny_cfg, bug):
     assert all(result.evidence.get(f) for f in result.flags)
     if bug != "shuffled-masks":  # structural bugs: the monitor names the module
         assert "never-updated:decoder" in result.flags
+
+
+def test_shifted_masks_pair_each_image_with_the_next_mask():
+    from harness.train import ShiftedMasks
+
+    data = [(torch.full((1,), i), torch.full((2,), 10 * i)) for i in range(3)]
+    shifted = ShiftedMasks(data)
+    assert len(shifted) == 3
+    assert [(int(x[0]), int(y[0])) for x, y in shifted] == [(0, 10), (1, 20), (2, 0)]
