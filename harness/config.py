@@ -285,16 +285,22 @@ def config_from_dict(raw: Mapping[str, Any], base: TrialConfig | None = None) ->
     return dataclasses.replace(base, **top, **sections)
 
 
-def load_config(path: str | Path, base: TrialConfig | None = None) -> TrialConfig:
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """``yaml.safe_load`` of a file; unreadable files and bad YAML become one-line ConfigErrors."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+
+
+def load_config(path: str | Path, base: TrialConfig | None = None) -> TrialConfig:
+    path = Path(path)
+    raw = read_yaml(path)
     try:
         return config_from_dict(raw or {}, base)
     except ConfigError as exc:

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from harness.config import _SECTIONS, TrialConfig, config_from_dict, with_overrides
+from harness.config import _SECTIONS, TrialConfig, config_from_dict, read_yaml, with_overrides
 from harness.errors import ConfigError, HarnessError
 from harness.record import atomic_write_bytes
 
@@ -308,14 +308,7 @@ def parse_spec(raw: Any, source: str = "sweep") -> SweepSpec:
 
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read sweep file ({exc.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    raw = read_yaml(path, "sweep file")
     try:
         return parse_spec(raw, str(path))
     except ConfigError as exc:
