@@ -187,7 +187,7 @@ def trial(
 
     from harness.train import fit
 
-    console = None if quiet else Console(highlight=False)
+    console = None if quiet else _console()
     if console is not None:
         console.print(f"harness {__version__}: trial [bold]{cfg.name}[/] -> {cfg.run_dir}")
     result = fit(cfg, console=console)
@@ -197,7 +197,7 @@ def trial(
     )
     if result.flags:
         line += f"  flags: {', '.join(result.flags)}"
-    (console or Console(highlight=False)).print(line, soft_wrap=True)
+    (console or _console()).print(line, soft_wrap=True)
     if result.status == "failed":
         raise typer.Exit(1)
 
@@ -352,7 +352,7 @@ def sweep(
         out=str(out) if out is not None else None,
         trial_overrides={"tracking.backend": tracking},
     )
-    console = Console(highlight=False)
+    console = _console()
     try:
         study_obj = run_sweep(spec, workers=workers, console=None if quiet else console)
     except KeyboardInterrupt:
@@ -396,7 +396,7 @@ def best(
     """Print the best config of a study and the command that reproduces it."""
     from harness.sweep import BEST_FILE, load_study, trial_table, trials_of
 
-    console = Console(highlight=False)
+    console = _console()
     path = out / study / BEST_FILE
     if path.exists():
         console.print(path.read_text(), markup=False, soft_wrap=True)
@@ -449,6 +449,12 @@ def _main(
     if version:
         print(f"harness {__version__}")
         raise typer.Exit()
+
+
+def _console() -> Console:
+    # Off a terminal (a log, CI, `make sweep | tee`) rich assumes 80 columns and squeezes the
+    # trial table into unreadable slivers; a wide fixed width keeps each row on one line.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def main(argv: list[str] | None = None) -> int:
