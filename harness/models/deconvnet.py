@@ -299,9 +299,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     try:
         # mmap reads only the tensors we keep (not a VGG's 400 MB classifier); it needs the zip
         # format that torch.save writes since 1.6, older files are read whole
-        state = torch.load(
-            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
-        )
+        mmap = zipfile.is_zipfile(path)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise WeightsError(f"{source}: weights file not found") from None
     except Exception as exc:  # a corrupt file can raise almost anything (IndexError, KeyError...)
