@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from torch import nn
 
@@ -172,7 +171,6 @@ def bench_pruning(sweep_file: Path, out: Path, quick: bool = False) -> dict[str,
 
 def run_benchmarks(quick: bool = False) -> None:
     console = Console(highlight=False)
-    torch.set_num_threads(torch.get_num_threads())
     n_images = 50 if quick else 200
     console.print(f"[bold](a) mask cache[/]: {n_images} images of 512x512, 10 polygons each")
     with tempfile.TemporaryDirectory() as tmp:
