@@ -537,7 +537,7 @@ class Objective:
 
         key = (cfg.data, cfg.train.seed)
         if key not in self._data:
-            self._data[key] = load_data(cfg, self.console)
+            self._data[key] = load_data(cfg)
         return self._data[key]
 
     def __call__(self, trial: Any) -> float:
@@ -954,7 +954,7 @@ def _check_data(spec: SweepSpec, console: Any) -> None:
     """Load the data once up front: a bad dataset is one error, not n failed trials."""
     from harness.train import load_data
 
-    load_data(spec.base, console)
+    load_data(spec.base)
 
 
 def _run_processes(

@@ -122,7 +122,7 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def _progress(console: Console | None, total: int, description: str) -> Progress | None:
+def _progress(console: Console | None) -> Progress | None:
     # a transient bar only makes sense on a terminal; in a log it leaves blank lines
     if console is None or not console.is_terminal:
         return None
@@ -140,7 +140,7 @@ def _progress(console: Console | None, total: int, description: str) -> Progress
 @contextlib.contextmanager
 def _bar(console: Console | None, total: int, description: str) -> Iterator[Callable[..., None]]:
     """Yields ``advance(info=...)``; no-op without a console (tests, workers)."""
-    progress = _progress(console, total, description)
+    progress = _progress(console)
     if progress is None:
         yield lambda **_: None
         return
@@ -259,7 +259,7 @@ def count_params(model: nn.Module) -> int:
 # --- data -------------------------------------------------------------------------------------
 
 
-def load_data(cfg: TrialConfig, console: Console | None = None) -> Any:
+def load_data(cfg: TrialConfig) -> Any:
     """The DataBundle for ``cfg.data``; the built-in dataset is generated once into the cache."""
     from harness.data.dataset import build_datasets
     from harness.data.synth import ensure_builtin
@@ -363,7 +363,7 @@ def fit(
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
 
-    bundle = data if data is not None else load_data(cfg, console)
+    bundle = data if data is not None else load_data(cfg)
     if cfg.train.inject_bug == "shuffled-masks":
         bundle = dataclasses.replace(bundle, train=ShiftedMasks(bundle.train))
     class_names: list[str] = list(bundle.class_names)
