@@ -328,16 +328,17 @@ def _wait_running(spec, proc, timeout=180.0):
 
 def test_sigkill_then_resume_retries_the_stale_trial(tiny_data, tmp_path):
     doc = _sweep_doc(tiny_data, tmp_path, n_trials=1)
-    doc["trial"]["train"]["epochs"] = 3
+    # long enough that the victim cannot finish between the poll and the kill on a fast machine
+    doc["trial"]["train"]["epochs"] = 500
     doc["pruner"] = {"name": "none"}
     path = _write(tmp_path, doc)
-    spec = load_spec(path)
     proc = _start_sweep(path)
-    victim = _wait_running(spec, proc)
+    victim = _wait_running(load_spec(path), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    doc["trial"]["train"]["epochs"] = 3  # the retry only needs to finish
+    spec = load_spec(_write(tmp_path, doc))
     time.sleep(spec.grace_period + 1)  # let the heartbeat go stale
-    doc["trial"]["train"]["epochs"] = 3
     run_sweep(spec)
     trials = _trials(spec)
     by_number = {t.number: t for t in trials}
