@@ -646,13 +646,29 @@ def study_outliers(trials: Sequence[Any]) -> dict[int, str]:
 
 
 def trial_flags(trial: Any, outliers: Mapping[int, str]) -> list[str]:
-    """The trial's own flags (audit, monitor, learning check) plus the study-level one."""
+    """The trial's own flags (audit, monitor, learning check) plus the study-level one as the
+    study stands now: the ``outlier:low-miou`` a trial recorded when it finished is replaced by
+    the current verdict (``outliers``), since the flag is recomputed as the study grows."""
     from harness.outliers import OUTLIER_LOW
 
-    flags = list(trial.user_attrs.get("flags") or [])
+    flags = [f for f in trial.user_attrs.get("flags") or [] if f != OUTLIER_LOW]
     if trial.number in outliers:
         flags.append(OUTLIER_LOW)
     return flags
+
+
+def trial_evidence(trial: Any, outliers: Mapping[int, str]) -> dict[str, str]:
+    """Flag -> evidence in plain words, for every flag ``trial_flags`` returns."""
+    from harness.outliers import OUTLIER_LOW
+
+    recorded = dict(trial.user_attrs.get("evidence") or {})
+    out: dict[str, str] = {}
+    for flag in trial_flags(trial, outliers):
+        if flag == OUTLIER_LOW:
+            out[flag] = outliers[trial.number]
+        else:
+            out[flag] = str(recorded.get(flag, ""))
+    return out
 
 
 def best_trial(trials: Sequence[Any]) -> Any | None:
