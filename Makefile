@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # W&B and torch caches stay out of the home folder when tracking lands; see README
 export MPLCONFIGDIR := $(CURDIR)/runs/.mplconfig
 
-.PHONY: install test sweep bug-demo trial lint bench clean
+.PHONY: install test sweep bug-demo report trial lint bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ sweep: $(STAMP)
 # A study with injected silent bugs in a share of its trials: each should end up flagged.
 bug-demo: $(STAMP)
 	$(BIN)/harness sweep sweeps/bug-demo.yaml
+
+# One self-contained HTML page of a study: runs/$(STUDY)/report/report.html (+ the PNGs).
+STUDY ?= default
+report: $(STAMP)
+	$(BIN)/harness report $(STUDY)
 
 trial: $(STAMP)
 	$(BIN)/harness trial

@@ -126,6 +126,30 @@ def trial(
         bool | None,
         typer.Option("--strict", help="Abort when the param-group audit finds anything."),
     ] = None,
+    audit: Annotated[
+        bool | None,
+        typer.Option(
+            "--audit/--no-audit", help="Param-group audit findings become flags (default: on)."
+        ),
+    ] = None,
+    monitor: Annotated[
+        bool | None,
+        typer.Option(
+            "--monitor/--no-monitor",
+            help="Update monitor and learning check: never-updated:*, no-learning (default: on).",
+        ),
+    ] = None,
+    monitor_steps: Annotated[
+        int | None,
+        typer.Option(help="The update monitor's early look, in optimiser steps (default: 5)."),
+    ] = None,
+    stop_never_updated: Annotated[
+        bool | None,
+        typer.Option(
+            "--stop-never-updated",
+            help="End the trial (failed) as soon as a module that should train has not moved.",
+        ),
+    ] = None,
     tracking: Annotated[
         str | None,
         typer.Option(
@@ -178,6 +202,10 @@ def trial(
         "train.device": device,
         "train.inject_bug": inject_bug,
         "train.strict": strict,
+        "train.audit": audit,
+        "train.monitor": monitor,
+        "train.monitor_steps": monitor_steps,
+        "train.stop_never_updated": stop_never_updated,
         "tracking.backend": tracking,
         "tracking.project": wandb_project,
         "tracking.entity": wandb_entity,
@@ -336,6 +364,21 @@ def sweep(
         str | None,
         typer.Option(help="Trial tracking (" + ", ".join(TRACKING_BACKENDS) + ")."),
     ] = None,
+    audit: Annotated[
+        bool | None,
+        typer.Option(
+            "--audit/--no-audit",
+            help="Param-group audit flags in every trial (default: the sweep file's, on).",
+        ),
+    ] = None,
+    monitor: Annotated[
+        bool | None,
+        typer.Option(
+            "--monitor/--no-monitor",
+            help="Update monitor and learning check in every trial (default: the sweep file's, "
+            "on). With --no-audit, only the study-level outlier detector flags trials.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Run (or resume) an Optuna study of trials; writes runs/STUDY/best.yaml as it goes."""
@@ -350,7 +393,11 @@ def sweep(
         storage=storage,
         timeout=timeout,
         out=str(out) if out is not None else None,
-        trial_overrides={"tracking.backend": tracking},
+        trial_overrides={
+            "tracking.backend": tracking,
+            "train.audit": audit,
+            "train.monitor": monitor,
+        },
     )
     console = _console()
     try:
@@ -430,6 +477,26 @@ def dashboard(
     url = storage or str(out / study / "study.db")
     print(f"optuna-dashboard for study {study} ({mask_url(url)}): http://127.0.0.1:{port}/")
     run_server(study_obj._storage, host="127.0.0.1", port=port)
+
+
+@app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="Study name (folder runs/STUDY/).")],
+    out: Annotated[Path, typer.Option(help="Parent folder of runs/STUDY/.")] = Path("runs"),
+    storage: Annotated[
+        str | None, typer.Option(help="Storage URL, for a study not kept in runs/STUDY/.")
+    ] = None,
+    dest: Annotated[
+        Path | None,
+        typer.Option(
+            help="Report folder (its report files are replaced); default: runs/STUDY/report."
+        ),
+    ] = None,
+) -> None:
+    """One self-contained HTML report of a study (charts, flags with evidence, best masks)."""
+    from harness.report import write_report
+
+    print(write_report(study, out=out, storage=storage, dest=dest))
 
 
 @app.command()
