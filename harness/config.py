@@ -137,6 +137,7 @@ class TrainConfig:
     amp: bool = True  # only on CUDA
     channels_last: bool = True  # only on CUDA
     strict: bool = False  # abort when the param-group audit finds anything
+    audit: bool = True  # param-group audit findings become flags (audit:*); off: table only
     inject_bug: str | None = None
     checkpoint: bool = True
     monitor: bool = True  # update monitor + learning check (flags never-updated:*, no-learning)
@@ -156,6 +157,14 @@ class TrainConfig:
             _check_choice("train.inject_bug", self.inject_bug, INJECTABLE_BUGS)
         if self.monitor_steps < 1:
             _fail("train.monitor_steps", self.monitor_steps, "must be >= 1")
+        if self.strict and not self.audit:
+            _fail("train.strict", self.strict, "needs train.audit=true (it acts on its findings)")
+        if self.stop_never_updated and not self.monitor:
+            _fail(
+                "train.stop_never_updated",
+                self.stop_never_updated,
+                "needs train.monitor=true (the monitor raises never-updated)",
+            )
 
 
 @dataclass(frozen=True)

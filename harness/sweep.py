@@ -516,6 +516,53 @@ def _pruning_callback(trial: Any, metric: str, pruner: str) -> Any:
     return OptunaPruning()
 
 
+HIDDEN_PARAMS = ("inject_bug", "train.inject_bug")
+
+
+def _judged_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    # an injected bug is what the detector must find, not a hyperparameter it may explain it by
+    return {k: v for k, v in params.items() if k not in HIDDEN_PARAMS}
+
+
+def _outlier_callback(trial: Any) -> Any:
+    """The study-level verdict on this trial as it finishes, from the trials finished so far,
+    so the flag reaches the trial's own attributes, W&B tags and summary (``fit`` records
+    callback flags). The study's current verdict (``study_outliers``) may change later."""
+    from harness.outliers import OUTLIER_LOW, low_miou_outliers
+    from harness.train import Callback
+
+    class StudyOutlierCheck(Callback):
+        def __init__(self) -> None:
+            self.best = -math.inf
+            self.status = ""
+
+        def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
+            value = row.get("val/mIoU")
+            if value is not None and not math.isnan(value):
+                self.best = max(self.best, float(value))
+
+        def on_fit_end(self, status: str) -> None:
+            self.status = status
+
+        def flags(self) -> dict[str, str]:
+            if self.status != "finished" or not math.isfinite(self.best):
+                return {}  # a pruned or failed trial's mIoU says nothing about its parameters
+            import optuna
+
+            done = [
+                (t.number, _judged_params(t.params), float(t.value))
+                for t in trial.study.get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+                )
+                if t.value is not None and t.number != trial.number
+            ]
+            done.append((trial.number, _judged_params(trial.params), self.best))
+            verdict = low_miou_outliers(done).get(trial.number)
+            return {OUTLIER_LOW: verdict.evidence} if verdict is not None else {}
+
+    return StudyOutlierCheck()
+
+
 def _wandb_path(info: Mapping[str, Any]) -> str:
     if info.get("url"):
         return str(info["url"])
@@ -573,7 +620,10 @@ class Objective:
             result = fit(
                 cfg,
                 console=self.console,
-                callbacks=[_pruning_callback(trial, self.spec.metric, self.spec.pruner)],
+                callbacks=[
+                    _pruning_callback(trial, self.spec.metric, self.spec.pruner),
+                    _outlier_callback(trial),
+                ],
                 data=self.data_for(cfg),
                 tracker=tracker,
             )
@@ -635,10 +685,8 @@ def study_outliers(trials: Sequence[Any]) -> dict[int, str]:
     are now (a pure function of them: recomputed, never stale, as the study grows)."""
     from harness.outliers import low_miou_outliers
 
-    # an injected bug is what the detector must find, not a hyperparameter it may explain it by
-    hidden = ("inject_bug", "train.inject_bug")
     done = [
-        (t.number, {k: v for k, v in t.params.items() if k not in hidden}, float(t.value))
+        (t.number, _judged_params(t.params), float(t.value))
         for t in trials
         if t.state.name == "COMPLETE" and t.value is not None
     ]
@@ -905,7 +953,40 @@ def _run_sweep(spec: SweepSpec, workers: int, console: Any) -> Any:
     return study
 
 
-TABLE_COLUMNS = ("number", "state", "params", "val_mIoU", "epochs_run", "flags", "wandb_run")
+TABLE_COLUMNS = (
+    "number",
+    "state",
+    "params",
+    "val_mIoU",
+    "epochs_run",
+    "flags",
+    "evidence",
+    "wandb_run",
+)
+_RUN_URL = re.compile(r"https?://[^/]+/([^/]+)/([^/]+)/runs/([^/?#\s]+)")
+
+
+def retag_online_runs(trials: Sequence[Any], outliers: Mapping[int, str], api: Any) -> int:
+    """Bring the W&B tags of online trial runs up to date with the study-level verdict, which
+    can change after a run finished (the flag is recomputed as the study grows). Offline runs
+    keep the tags they finished with; the study run's table is always current. Returns the
+    number of runs changed."""
+    from harness.outliers import OUTLIER_LOW
+
+    changed = 0
+    for t in trials:
+        m = _RUN_URL.match(str(t.user_attrs.get("wandb") or ""))
+        if t.state.name != "COMPLETE" or m is None:
+            continue
+        run = api.run("/".join(m.groups()))
+        tags = [tag for tag in run.tags if tag != OUTLIER_LOW]
+        if t.number in outliers:
+            tags.append(OUTLIER_LOW)
+        if tags != list(run.tags):
+            run.tags = tags
+            run.update()
+            changed += 1
+    return changed
 
 
 def log_study_run(
@@ -930,6 +1011,7 @@ def log_study_run(
             t.value if t.state.name == "COMPLETE" else t.user_attrs.get("best_miou"),
             t.user_attrs.get("epochs_run"),
             ",".join(trial_flags(t, outliers)),
+            "; ".join(f"{k}: {v}" for k, v in trial_evidence(t, outliers).items()),
             t.user_attrs.get("wandb", ""),
         ]
         for t in sorted(trials, key=lambda t: t.number)
@@ -960,7 +1042,10 @@ def log_study_run(
             run.log({"trials": wandb.Table(columns=list(TABLE_COLUMNS), data=rows)})
             run.summary["best/val_mIoU"] = best.value if best else None
             run.summary["best/trial"] = best.number if best else None
+            run.summary["outliers"] = {str(n): ev for n, ev in sorted(outliers.items())}
             run.finish()
+            if mode == "online":
+                retag_online_runs(trials, outliers, wandb.Api())
     except Exception as exc:
         if say is not None:
             say(f"W&B study run not logged ({_redact(f'{type(exc).__name__}: {exc}')})")

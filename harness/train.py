@@ -91,6 +91,9 @@ class Callback:
         """After each optimiser step (``step`` counts from 1 over the whole fit). Only called
         on callbacks that override it: the hot path costs nothing otherwise."""
 
+    def on_fit_end(self, status: str) -> None:
+        """Once, when the trial ends (finished, pruned, failed, aborted), before ``flags``."""
+
     def flags(self) -> dict[str, str]:
         """Flags this callback raised, each with its evidence; ``fit`` records them."""
         return {}
@@ -368,6 +371,12 @@ def fit(
         bundle = dataclasses.replace(bundle, train=ShiftedMasks(bundle.train))
     class_names: list[str] = list(bundle.class_names)
     record.write_config(cfg, {"dataset": bundle.info, "harness_version": __version__})
+    pairing: dict[str, str] = {}
+    if cfg.train.monitor:
+        from harness.monitor import check_mask_pairing
+
+        # before the seeding below: the few samples it draws must not shift training's RNG
+        pairing = check_mask_pairing(bundle.train)
 
     seed_everything(cfg.train.seed)  # model init must not depend on what data loading drew
     model = build_model(cfg.model, num_classes=len(class_names)).to(device)
@@ -382,9 +391,13 @@ def fit(
     else:
         optimizer = build_optimizer(model, cfg.optim)
     audit = audit_param_groups(model, optimizer, frozen_on_purpose=frozen_modules(cfg.optim))
-    record.write_audit(audit.to_dict())
+    if not cfg.train.audit:
+        # switched off (e.g. to see what the other layers catch alone): the module table stays
+        # as information, the findings do not become flags, tags or warnings
+        audit = dataclasses.replace(audit, findings=())
+    record.write_audit({**audit.to_dict(), "enabled": cfg.train.audit})
     flags = [f"audit:{f.code}" for f in audit.findings]
-    evidence = {f"audit:{f.code}": f.message for f in audit.findings}
+    evidence = {f"audit:{f.code}": f.message for f in audit.findings} | pairing
     callbacks = [*_default_callbacks(cfg), *callbacks]
     step_callbacks = [cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end]
     global_step = 0
@@ -396,10 +409,14 @@ def fit(
     baseline_miou = math.nan  # val mIoU of predicting the majority class everywhere
     if console is not None:
         console.print(audit_table(audit))
+        if not cfg.train.audit:
+            console.print("param-group audit: off (train.audit=false), no findings raised")
         for finding in audit.findings:
             console.print(
                 f"[bold red]WARNING[/] param-group audit: {finding.message}", soft_wrap=True
             )
+        for flag, text in pairing.items():
+            console.print(f"[bold red]WARNING[/] {flag}: {text}", soft_wrap=True)
         for name in frozen_modules(cfg.optim):
             console.print(f"{name}: frozen on purpose (f_lr=0), not a finding")
 
@@ -417,6 +434,7 @@ def fit(
     def finish() -> TrialResult:
         for cb in callbacks:
             with contextlib.suppress(Exception):  # a broken callback must not lose the record
+                cb.on_fit_end(status)
                 evidence.update(cb.flags())
         if status == "finished" and cfg.train.monitor:
             from harness.monitor import check_learning
