@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # W&B and torch caches stay out of the home folder when tracking lands; see README
 export MPLCONFIGDIR := $(CURDIR)/runs/.mplconfig
 
-.PHONY: install test sweep bug-demo report trial lint bench clean
+.PHONY: install test sweep bug-demo bug-demo-blind report trial lint bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ sweep: $(STAMP)
 # A study with injected silent bugs in a share of its trials: each should end up flagged.
 bug-demo: $(STAMP)
 	$(BIN)/harness sweep sweeps/bug-demo.yaml
+	$(BIN)/harness report bug-demo
+
+# The same study with the audit and the update monitor off: only the study-level detector flags.
+bug-demo-blind: $(STAMP)
+	$(BIN)/harness sweep sweeps/bug-demo.yaml --study bug-demo-blind --no-audit --no-monitor
+	$(BIN)/harness report bug-demo-blind
 
 # One self-contained HTML page of a study: runs/$(STUDY)/report/report.html (+ the PNGs).
 STUDY ?= default

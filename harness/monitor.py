@@ -10,6 +10,10 @@ stepped module is orders of magnitude above the threshold; an unstepped one is e
 ``check_learning`` looks at a finished trial's history: a training loss that did not fall, or a
 val mIoU that never rose above what predicting the majority class everywhere scores, gives
 ``no-learning``.
+
+``check_mask_pairing`` looks at the training data before the first step: masks whose label
+boundaries do not sit on image edges any better than other images' masks give
+``masks-misaligned``.
 """
 
 from __future__ import annotations

@@ -585,10 +585,10 @@ def predict_best_masks(info: TrialInfo) -> MaskSet | str:
 def plot_masks(masks: MaskSet, path: Path) -> None:
     """image | ground truth | prediction per row, coloured as the trainer's local mask panels,
     with a class legend (white: ignored pixels)."""
-    from harness.tracking import _palette
+    from harness.tracking import mask_palette
 
     n = len(masks.class_names)
-    colours = _palette(n)
+    colours = mask_palette(n)
     rows = len(masks.images)
     fig = Figure(figsize=(7.5, 2.3 * rows + 0.9))
     for r in range(rows):

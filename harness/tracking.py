@@ -261,7 +261,7 @@ class MaskPanel:
         ]
 
 
-def _palette(n: int) -> np.ndarray:
+def mask_palette(n: int) -> np.ndarray:
     """Distinct colours for class ids 0..n-1 (background black); ids >= n (ignore) are white."""
     rng = np.random.default_rng(0)
     colours = rng.integers(40, 256, size=(256, 3), dtype=np.uint8)
@@ -274,7 +274,7 @@ def panel_png(panel: MaskPanel, pred: np.ndarray, path: Path) -> None:
     """One row per image: the image, the ground truth, the prediction (for ``--tracking local``)."""
     from PIL import Image
 
-    colours = _palette(max(k for k in panel.class_labels if k < 255) + 1)
+    colours = mask_palette(max(k for k in panel.class_labels if k < 255) + 1)
     rows = [
         np.concatenate([img, colours[gt], colours[pr]], axis=1)
         for img, gt, pr in zip(panel.images, panel.truth, pred, strict=True)

@@ -70,6 +70,12 @@ def test_injected_bug_warns_loudly(tiny_data, tmp_path, monkeypatch, capsys):
         (["trial", "--lr", "abc"], "error: Invalid value for '--lr'"),
         (["trial", "--bogus"], "error: No such option: --bogus"),
         (["synth", "--out", "x", "--n-train", "0"], "error: --n-train=0: must be >= 1"),
+        (["trial", "--monitor-steps", "0"], "error: train.monitor_steps=0: must be >= 1"),
+        (["trial", "--strict", "--no-audit"], "error: train.strict=True: needs train.audit"),
+        (
+            ["trial", "--no-monitor", "--stop-never-updated"],
+            "error: train.stop_never_updated=True: needs train.monitor",
+        ),
     ],
 )
 def test_bad_values_give_one_line_and_exit_2(args, message, tmp_path, monkeypatch, capsys):

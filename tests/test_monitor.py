@@ -140,3 +140,73 @@ def test_shifted_masks_pair_each_image_with_the_next_mask():
     shifted = ShiftedMasks(data)
     assert len(shifted) == 3
     assert [(int(x[0]), int(y[0])) for x, y in shifted] == [(0, 10), (1, 20), (2, 0)]
+
+
+# --- mask pairing -------------------------------------------------------------------------------
+
+
+def _pairs(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Images of textured noise with one bright square each; the mask labels the square."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        image = torch.rand(3, 32, 32, generator=g) * 0.3
+        mask = torch.zeros(32, 32, dtype=torch.long)
+        y, x = torch.randint(0, 20, (2,), generator=g).tolist()
+        image[:, y : y + 10, x : x + 10] += 0.7
+        mask[y : y + 10, x : x + 10] = 1
+        out.append((image, mask))
+    return out
+
+
+def test_edge_alignment_matches_a_per_pixel_reference():
+    from harness.monitor import edge_alignment
+
+    images, masks = zip(*_pairs(3), strict=True)
+    total = count = 0.0
+    for image, mask in zip(images, masks, strict=True):
+        gray = image.mean(0)
+        for i in range(32):
+            for j in range(32):
+                for di, dj in ((1, 0), (0, 1)):
+                    if i + di < 32 and j + dj < 32 and mask[i, j] != mask[i + di, j + dj]:
+                        total += abs(float(gray[i + di, j + dj] - gray[i, j]))
+                        count += 1
+    assert edge_alignment(images, masks) == pytest.approx(total / count, rel=1e-5)
+    assert math.isnan(edge_alignment([images[0]], [torch.zeros(32, 32, dtype=torch.long)]))
+
+
+def test_mask_pairing_flags_masks_of_other_images_only():
+    from harness.monitor import MASKS_MISALIGNED, check_mask_pairing
+    from harness.train import ShiftedMasks
+
+    data = _pairs(12)
+    assert check_mask_pairing(data) == {}
+    found = check_mask_pairing(ShiftedMasks(data))
+    assert "do not seem to belong to their images" in found[MASKS_MISALIGNED]
+    assert check_mask_pairing(ShiftedMasks(data[:3])) == {}  # too few to judge
+
+
+def test_shuffled_masks_flagged_before_training_and_audit_can_be_off(tiny_cfg):
+    from harness.monitor import MASKS_MISALIGNED
+
+    result = fit(
+        with_overrides(tiny_cfg, {"train.inject_bug": "shuffled-masks", "tracking.backend": "none"})
+    )
+    assert MASKS_MISALIGNED in result.flags and result.evidence[MASKS_MISALIGNED]
+    # the structural audit switched off: the story's bug raises no audit flag, only the monitor's
+    cfg = with_overrides(
+        tiny_cfg,
+        {
+            "name": "blind",
+            "train.inject_bug": "encoder-only-optimizer",
+            "train.audit": False,
+            "tracking.backend": "none",
+        },
+    )
+    result = fit(cfg)
+    assert not [f for f in result.flags if f.startswith("audit:")]
+    assert "never-updated:decoder" in result.flags
+    audit = json.loads((result.run_dir / "audit.json").read_text())
+    assert audit["enabled"] is False and audit["findings"] == []
+    assert audit["missing"]  # the module table and raw facts stay as information
