@@ -1,4 +1,5 @@
-"""Command-line interface: ``harness trial``, ``harness synth``, ``harness eda``, ``harness bench``.
+"""Command-line interface: ``harness trial``, ``sweep``, ``best``, ``report``, ``dashboard``,
+``eda``, ``synth`` and ``bench``.
 
 The config is built here, once: dataclass defaults, then ``--config FILE``, then the options given
 on the command line. User errors (``HarnessError`` and bad options) print one line on stderr and
