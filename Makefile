@@ -26,6 +26,7 @@ test: $(STAMP)
 # The default study on the built-in dataset (runs/default/); running it again resumes it.
 sweep: $(STAMP)
 	$(BIN)/harness sweep sweeps/default.yaml
+	$(BIN)/harness report default
 
 # A study with injected silent bugs in a share of its trials: each should end up flagged.
 bug-demo: $(STAMP)
