@@ -369,6 +369,32 @@ def test_sigint_marks_the_running_trial_failed_and_exits_130(tiny_data, tmp_path
     assert summary["status"] == "failed" and summary["reason"] == "interrupted"
 
 
+def test_sigint_with_two_workers_fails_both_running_trials_and_exits_130(tiny_data, tmp_path):
+    doc = _sweep_doc(tiny_data, tmp_path, n_trials=2)
+    doc["trial"]["train"]["epochs"] = 500
+    doc["pruner"] = {"name": "none"}
+    path = _write(tmp_path, doc)
+    spec = load_spec(path)
+    proc = _start_sweep(path, "--workers", "2")
+    deadline = time.monotonic() + 180
+    running: list = []
+    while len(running) < 2:
+        assert time.monotonic() < deadline, "two trials never ran at once"
+        assert proc.poll() is None, proc.communicate()
+        with contextlib.suppress(Exception):
+            running = [
+                t for t in _trials(spec) if t.state.name == "RUNNING" and t.intermediate_values
+            ]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # to the parent alone: it must pass it on to its workers
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    trials = _trials(spec)
+    assert len(trials) == 2 and all(t.state.name == "FAIL" for t in trials)
+    assert all(t.user_attrs["reason"].startswith("interrupted") for t in trials)
+
+
 # --- benchmark and dashboard ---
 
 
