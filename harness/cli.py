@@ -383,7 +383,7 @@ def sweep(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Run (or resume) an Optuna study of trials; writes runs/STUDY/best.yaml as it goes."""
-    from harness.sweep import BEST_FILE, load_spec, run_sweep, trial_table, trials_of, with_options
+    from harness.sweep import BEST_FILE, load_spec, run_sweep, trials_of, with_options
 
     if workers < 1:
         raise HarnessError(f"--workers={workers}: must be >= 1")
@@ -410,12 +410,23 @@ def sweep(
             f"to resume study {spec.study}"
         )
         raise typer.Exit(130) from None
-    console.print(trial_table(trials_of(study_obj), title=f"study {spec.study}"))
+    _print_trials(console, trials_of(study_obj), f"study {spec.study}")
     best_path = spec.study_dir / BEST_FILE
     if best_path.exists():
         _print_best(console, best_path)
     else:
         console.print("no finished, unflagged trial yet: no best.yaml")
+
+
+def _print_trials(console: Console, trials: list[Any], title: str) -> None:
+    from harness.sweep import evidence_lines, trial_table
+
+    console.print(trial_table(trials, title=title))
+    lines = evidence_lines(trials)
+    if lines:
+        console.print("[bold]flags[/] (evidence):")
+        for line in lines:
+            console.print(f"  {line}", markup=False, soft_wrap=True)
 
 
 def _print_best(console: Console, path: Path) -> None:
@@ -442,7 +453,7 @@ def best(
     ] = None,
 ) -> None:
     """Print the best config of a study and the command that reproduces it."""
-    from harness.sweep import BEST_FILE, load_study, trial_table, trials_of
+    from harness.sweep import BEST_FILE, load_study, trials_of
 
     console = _console()
     path = out / study / BEST_FILE
@@ -453,7 +464,7 @@ def best(
         raise HarnessError(f"study {study}: no {path} (no finished, unflagged trial yet?)")
     if all_trials:
         study_obj = load_study(study, out=str(out), storage=storage)
-        console.print(trial_table(trials_of(study_obj), title=f"study {study}"))
+        _print_trials(console, trials_of(study_obj), f"study {study}")
 
 
 @app.command()

@@ -140,7 +140,7 @@ class TrainConfig:
     audit: bool = True  # param-group audit findings become flags (audit:*); off: table only
     inject_bug: str | None = None
     checkpoint: bool = True
-    monitor: bool = True  # update monitor, learning check, mask pairing check (never-updated:*, ...)
+    monitor: bool = True  # update monitor, learning check, mask pairing check
     monitor_steps: int = 5  # the monitor's early look: after this many optimiser steps
     stop_never_updated: bool = False  # end the trial (failed) when a module never moved
 

@@ -812,6 +812,16 @@ def trial_table(trials: Sequence[Any], title: str = "trials") -> Any:
     return table
 
 
+def evidence_lines(trials: Sequence[Any]) -> list[str]:
+    """One line per flag of every trial, with its evidence: what the table's flags column means."""
+    outliers = study_outliers(trials)
+    return [
+        f"trial {t.number}: {flag}: {text}" if text else f"trial {t.number}: {flag}"
+        for t in sorted(trials, key=lambda t: t.number)
+        for flag, text in trial_evidence(t, outliers).items()
+    ]
+
+
 def progress_line(spec: SweepSpec, trials: Sequence[Any], trial: Any) -> str:
     best = best_trial(trials)
     ua = trial.user_attrs

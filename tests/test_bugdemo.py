@@ -108,4 +108,5 @@ def test_study_level_detector_alone_flags_the_story_bug(demo, capsys):
             assert flags == [OUTLIER_LOW] and "neighbours predict" in outliers[t.number]
             # judged when it ended (5 trials done by then): the flag is in its own record too
             assert OUTLIER_LOW in t.user_attrs["flags"]
-    assert OUTLIER_LOW in table  # the trial table shows it
+    # the trial table shows it, and the lines below it say why
+    assert "trial 4: outlier:low-miou: mIoU 0.03, neighbours predict 0.10" in table
