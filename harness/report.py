@@ -805,7 +805,8 @@ def write_report(
             "Flagged trials and evidence",
             "<p>Flags of every layer: the param-group audit (<code>audit:*</code>), the update "
             "monitor (<code>never-updated:*</code>), the learning check (<code>no-learning</code>)"
-            " and the study-level detector (<code>outlier:low-miou</code>, recomputed from the "
+            ", the mask pairing check (<code>masks-misaligned</code>) and the study-level "
+            "detector (<code>outlier:low-miou</code>, recomputed from the "
             "study as it is now). The best config never comes from a flagged trial.</p>"
             + _flag_table(infos),
         )
