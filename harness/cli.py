@@ -514,11 +514,29 @@ def report(
 @app.command()
 def bench(
     quick: Annotated[bool, typer.Option(help="Smaller sizes, for a smoke run.")] = False,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated benchmarks to run: a (mask cache), b (fit overhead), "
+            "c (W&B overhead), d (pruning), eda. Default: all."
+        ),
+    ] = None,
 ) -> None:
-    """Benchmarks: mask cache vs pycocotools decoding; fit vs a bare PyTorch loop."""
-    from harness.bench import run_benchmarks
+    """Benchmarks, each a ratio measured in one run: (a) mask cache vs pycocotools decoding,
+    (b) fit vs a bare PyTorch loop, (c) W&B offline vs no tracking, (d) median pruning vs none
+    on the default study, (eda) harness eda on a competition-sized set."""
+    from harness.bench import BENCHMARKS, run_benchmarks
 
-    run_benchmarks(quick=quick)
+    names: tuple[str, ...] = BENCHMARKS
+    if only is not None:
+        names = tuple(n.strip() for n in only.split(",") if n.strip())
+        unknown = [n for n in names if n not in BENCHMARKS]
+        if unknown or not names:
+            raise HarnessError(
+                f"--only: {', '.join(unknown) or repr(only)} is not a benchmark "
+                f"(choose from {', '.join(BENCHMARKS)})"
+            )
+    run_benchmarks(quick=quick, only=names)
 
 
 @app.callback(invoke_without_command=True)

@@ -76,6 +76,8 @@ def test_injected_bug_warns_loudly(tiny_data, tmp_path, monkeypatch, capsys):
             ["trial", "--no-monitor", "--stop-never-updated"],
             "error: train.stop_never_updated=True: needs train.monitor",
         ),
+        (["bench", "--only", "d,x"], "error: --only: x is not a benchmark (choose from a, b, c,"),
+        (["bench", "--only", ","], "error: --only: ',' is not a benchmark"),
     ],
 )
 def test_bad_values_give_one_line_and_exit_2(args, message, tmp_path, monkeypatch, capsys):
@@ -125,3 +127,10 @@ def test_synth_writes_a_dataset(tmp_path, capsys):
     assert {"train.json", "val.json", "test.json"} <= {p.name for p in out.iterdir()}
     assert main(["synth", "--out", str(out)]) == 2  # not empty: refused, nothing overwritten
     assert "not empty" in capsys.readouterr().err
+
+
+def test_bench_only_runs_the_named_benchmark(capsys):
+    assert main(["bench", "--quick", "--only", "a"]) == 0
+    out = capsys.readouterr().out
+    assert "(a) mask cache" in out and "speed-up" in out
+    assert "(b)" not in out and "(d)" not in out and "(eda)" not in out
