@@ -300,6 +300,12 @@ def test_postgres_two_workers_one_study_password_masked(tiny_data, tmp_path, pos
 # --- crashes --------------------------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and an ignored
+    # signal stays ignored across exec; the sweep must see Ctrl-C however pytest was started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_sweep(path: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled"}
     return subprocess.Popen(
@@ -308,6 +314,7 @@ def _start_sweep(path: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
 
 
