@@ -20,12 +20,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,56 +150,12 @@ def bench_tracking(cfg: TrialConfig, rounds: int = 3) -> dict[str, Any]:
     }
 
 
-def median_replay(
-    curves: Sequence[tuple[Sequence[float], bool]], n_startup_trials: int, n_warmup_epochs: int
-) -> tuple[float, int]:
-    """Optuna's median rule replayed on recorded learning curves, trial by trial in order:
-    returns (best value among the finished trials no check flagged, epochs trained in all).
-
-    ``curves``: each trial's metric per epoch and whether a check flagged it. The rule: from
-    epoch ``n_warmup_epochs`` on, once ``n_startup_trials`` trials have finished, a trial whose
-    best value so far is below the median of the finished trials' values at that epoch is
-    pruned there (a tie is not below). Exact for the curves of a no-pruning study, since a
-    trial's curve does not depend on whether it is pruned later (same seed, same device).
-    """
-    finished: list[Sequence[float]] = []
-    best, epochs = -math.inf, 0
-    for curve, flagged in curves:
-        so_far, pruned = -math.inf, False
-        for epoch, value in enumerate(curve, 1):
-            so_far = max(so_far, value)
-            if len(finished) >= max(n_startup_trials, 1) and epoch >= n_warmup_epochs:
-                at_epoch = [c[epoch - 1] for c in finished if len(c) >= epoch]
-                if at_epoch and so_far < statistics.median(at_epoch):
-                    epochs, pruned = epochs + epoch, True
-                    break
-        if not pruned:
-            epochs += len(curve)
-            finished.append(curve)
-            if not flagged:
-                best = max(best, so_far)
-    return best, epochs
-
-
-def recorded_curves(trials: Sequence[Any]) -> list[tuple[list[float], bool]]:
-    """(metric per epoch, flagged by a trial-level check) of a study's finished trials."""
-    from harness.sweep import trial_flags
-
-    return [
-        (
-            [t.intermediate_values[e] for e in sorted(t.intermediate_values)],
-            bool(trial_flags(t, {})),
-        )
-        for t in trials
-        if t.state.name == "COMPLETE"
-    ]
-
-
 def bench_pruning(sweep_file: Path, out: Path, quick: bool = False) -> dict[str, dict[str, float]]:
     """(d): the study as shipped (same sampler seed, same pruner settings) run with no pruning,
     then its trials' parameters, enqueued in the same order, run again with the median pruner.
     Best val mIoU of each (the best trial no check flagged, as ``harness best`` reports it), the
     epochs trained in all, trials pruned and wall time."""
+    from harness.pruning import MAJORITY_ATTR, median_replay, replay_of
     from harness.sweep import (
         best_trial,
         create_study,
@@ -228,10 +183,19 @@ def bench_pruning(sweep_file: Path, out: Path, quick: bool = False) -> dict[str,
         trials = trials_of(run_sweep(run))
         if not sequence:
             sequence = [t.params for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-            best_r, epochs_r = median_replay(
-                recorded_curves(trials), spec.pruner_startup_trials, spec.pruner_warmup_epochs
-            )
-            results["replay"] = {"best": best_r, "epochs": float(epochs_r)}
+            curves = replay_of(trials)
+            floors = [t.user_attrs.get(MAJORITY_ATTR) for t in trials]
+            floor = next((f for f in floors if f is not None), None)
+            for key, skip in (("replay", True), ("replay_optuna", False)):
+                best_r, epochs_r = median_replay(
+                    curves,
+                    spec.pruner_startup_trials,
+                    spec.pruner_warmup_epochs,
+                    skip_flagged=skip,
+                    # Optuna's plain rule has no floor; the harness's has it when switched on
+                    floor=floor if skip and spec.pruner_majority_floor else None,
+                )
+                results[key] = {"best": best_r, "epochs": float(epochs_r)}
         best = best_trial(trials)
         results[pruner] = {
             "best": best.value if best is not None else float("nan"),
@@ -256,7 +220,8 @@ def pruning_setup(sweep_file: Path, quick: bool = False) -> str:
         f"{sweep_file.name}{' (quick)' if quick else ''}: {n_trials} trials of up to {epochs} "
         f"epochs, {sampler}, no pruning; then the same configurations in the same order with "
         f"the median pruner (n_startup_trials {spec.pruner_startup_trials}, n_warmup_epochs "
-        f"{spec.pruner_warmup_epochs})"
+        f"{spec.pruner_warmup_epochs}, majority floor "
+        f"{'on' if spec.pruner_majority_floor else 'off'}; flagged trials out of its median)"
     )
 
 
@@ -347,6 +312,14 @@ def report_pruning(console: Console, quick: bool = False) -> dict[str, dict[str,
         f"    (the median rule replayed on the no-pruning curves predicts best "
         f"{replay['best']:.4f}, {replay['epochs']:.0f} epochs: "
         f"{'as measured' if agrees else 'NOT as measured'})",
+        soft_wrap=True,
+    )
+    plain = p["replay_optuna"]
+    console.print(
+        f"    (Optuna's plain MedianPruner, no floor and flagged trials in its median, replayed "
+        f"the same way: "
+        f"best {plain['best']:.4f}, {plain['epochs']:.0f} epochs, "
+        f"{plain['epochs'] / max(none['epochs'], 1):.0%})",
         soft_wrap=True,
     )
     gap = none["best"] - median["best"]

@@ -91,6 +91,7 @@ class SweepSpec:
     pruner: str = "median"
     pruner_startup_trials: int = 3
     pruner_warmup_epochs: int = 2
+    pruner_majority_floor: bool = True
     heartbeat_interval: int = 10
     grace_period: int = 60
     max_retry: int = 1
@@ -249,12 +250,15 @@ def parse_spec(raw: Any, source: str = "sweep") -> SweepSpec:
     n_startup = _int("sampler.n_startup_trials", sampler.get("n_startup_trials", 4), 0)
 
     pruner = _mapping("pruner", top.get("pruner"))
-    _only("pruner", pruner, ("name", "n_startup_trials", "n_warmup_epochs"))
+    _only("pruner", pruner, ("name", "n_startup_trials", "n_warmup_epochs", "majority_floor"))
     pruner_name = pruner.get("name", "median")
     if pruner_name not in PRUNERS:
         raise _err("pruner.name", f"{pruner_name!r}: unknown pruner ({', '.join(PRUNERS)})")
     p_startup = _int("pruner.n_startup_trials", pruner.get("n_startup_trials", 3), 0)
     p_warmup = _int("pruner.n_warmup_epochs", pruner.get("n_warmup_epochs", 2), 0)
+    p_floor = pruner.get("majority_floor", True)
+    if not isinstance(p_floor, bool):
+        raise _err("pruner.majority_floor", f"{p_floor!r} must be true or false")
 
     heartbeat = _mapping("heartbeat", top.get("heartbeat"))
     _only("heartbeat", heartbeat, ("interval", "grace_period", "max_retry"))
@@ -297,6 +301,7 @@ def parse_spec(raw: Any, source: str = "sweep") -> SweepSpec:
         pruner=pruner_name,
         pruner_startup_trials=p_startup,
         pruner_warmup_epochs=p_warmup,
+        pruner_majority_floor=p_floor,
         heartbeat_interval=interval,
         grace_period=grace,
         max_retry=max_retry,
@@ -424,9 +429,13 @@ def make_pruner(spec: SweepSpec) -> Any:
     import optuna
 
     if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(
+        from harness.pruning import CheckedMedianPruner
+
+        # Optuna's median rule, but trials a check flagged (e.g. no-learning) do not set the bar
+        return CheckedMedianPruner(
             n_startup_trials=spec.pruner_startup_trials,
             n_warmup_steps=spec.pruner_warmup_epochs,
+            majority_floor=spec.pruner_majority_floor,
         )
     if spec.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
@@ -500,6 +509,7 @@ def trial_config(spec: SweepSpec, trial: Any) -> TrialConfig:
 
 
 def _pruning_callback(trial: Any, metric: str, pruner: str) -> Any:
+    from harness.pruning import MAJORITY_ATTR
     from harness.train import Callback, StopTrial
 
     class OptunaPruning(Callback):
@@ -509,9 +519,17 @@ def _pruning_callback(trial: Any, metric: str, pruner: str) -> Any:
             value = row.get(metric)
             if value is None or math.isnan(value):
                 return
+            majority = row.get("val/majority_mIoU")
+            known = trial.user_attrs.get(MAJORITY_ATTR)
+            if metric == "val/mIoU" and isinstance(majority, float) and majority != known:
+                trial.set_user_attr(MAJORITY_ATTR, majority)  # the median pruner's floor
             trial.report(float(value), epoch)
             if trial.should_prune():
-                raise StopTrial(f"{pruner} pruner ({metric} {value:.4f})", "pruned")
+                why = getattr(trial.study.pruner, "reasons", {}).get(trial.number)
+                raise StopTrial(
+                    f"{pruner} pruner: {why}" if why else f"{pruner} pruner ({metric} {value:.4f})",
+                    "pruned",
+                )
 
     return OptunaPruning()
 

@@ -535,11 +535,17 @@ def fit(
                 amp=amp,
                 channels_last=channels_last,
             )
+            if math.isnan(baseline_miou):
+                from harness.monitor import majority_miou
+
+                baseline_miou = majority_miou(ev["class_pixels"])
             row: dict[str, Any] = {
                 "epoch": epoch,
                 "train/loss": tr["loss"],
                 "val/loss": ev["loss"],
                 "val/mIoU": ev["mIoU"],
+                # what predicting the majority class everywhere scores: the no-learning level
+                "val/majority_mIoU": baseline_miou,
                 "val/pixel_acc": ev["pixel_acc"],
                 "val/per_image_mIoU": ev["per_image_mIoU"],
                 **{f"val/iou/{n}": v for n, v in zip(class_names, ev["iou"], strict=True)},
@@ -547,10 +553,6 @@ def fit(
                 "time/epoch_s": tr["seconds"],
                 "time/train_img_per_s": tr["images"] / max(tr["seconds"], 1e-9),
             }
-            if math.isnan(baseline_miou):
-                from harness.monitor import majority_miou
-
-                baseline_miou = majority_miou(ev["class_pixels"])
             history.append(row)
             if console is not None:
                 console.print(_epoch_line(row, epochs), soft_wrap=True)

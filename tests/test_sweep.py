@@ -40,7 +40,13 @@ def _sweep_doc(tiny_data, tmp_path, **top):
         "study": "s",
         "n_trials": 3,
         "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-        "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_epochs": 0},
+        # the floor would stop most 1-epoch trials on this tiny set: tested on its own below
+        "pruner": {
+            "name": "median",
+            "n_startup_trials": 1,
+            "n_warmup_epochs": 0,
+            "majority_floor": False,
+        },
         "heartbeat": {"interval": 1, "grace_period": 3, "max_retry": 1},
         "space": {
             "lr": {"low": 1e-4, "high": 1e-2, "log": True},
@@ -103,6 +109,7 @@ def test_shipped_sweep_files_are_valid():
         ({"bogus": 1}, "bogus: unknown key"),
         ({"sampler": {"name": "cmaes"}}, "sampler.name: 'cmaes': unknown sampler"),
         ({"pruner": {"name": "asha"}}, "pruner.name: 'asha': unknown pruner"),
+        ({"pruner": {"majority_floor": "yes"}}, "pruner.majority_floor: 'yes' must be true or"),
         ({"space": {"lr": {"low": 1e-2, "high": 1e-4}}}, "space.lr: low=0.01 > high=0.0001"),
         ({"space": {"lr": {"low": 0, "high": 1e-2, "log": True}}}, "space.lr.low: 0: a log range"),
         ({"space": {"lr": {"low": 1e-4, "high": 1e-2, "lo": 1}}}, "space.lr.lo: unknown key"),
@@ -152,6 +159,11 @@ def test_sweep_resume_best_yaml_and_reproduce(tiny_data, tmp_path, capsys):
     pruned = [t for t in trials if t.state.name == "PRUNED"]
     for t in pruned:
         assert "pruner" in t.user_attrs["reason"]
+    # the median pruner's floor: every trial knows what predicting the majority class scores
+    for t in trials:
+        lines = (Path(t.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+        record = [json.loads(line) for line in lines]
+        assert t.user_attrs["majority_miou"] == record[0]["val/majority_mIoU"] > 0
 
     # resume: --n-trials is the total, earlier trials are kept
     assert main(["sweep", str(path), "--n-trials", "4", "--quiet"]) == 0
@@ -403,6 +415,27 @@ def test_sigint_with_two_workers_fails_both_running_trials_and_exits_130(tiny_da
     assert all(t.user_attrs["reason"].startswith("interrupted") for t in trials)
 
 
+def test_the_majority_floor_prunes_only_trials_that_learned_nothing(tiny_data, tmp_path):
+    # the median rule cannot act here (5 start-up trials of 3): only the floor prunes
+    pruner = {"name": "median", "n_startup_trials": 5, "n_warmup_epochs": 1}
+    doc = _sweep_doc(tiny_data, tmp_path, n_trials=3, pruner=pruner)
+    doc["trial"]["train"]["epochs"] = 2
+    spec = parse_spec(doc)
+    assert spec.pruner_majority_floor  # on unless switched off
+    run_sweep(spec)
+    trials = _trials(spec)
+    assert len(trials) == 3
+    for t in trials:
+        majority = t.user_attrs["majority_miou"]
+        best = max(t.intermediate_values.values())
+        if t.state.name == "PRUNED":
+            reason = t.user_attrs["reason"]
+            assert "no better than predicting the majority class" in reason, reason
+            assert best <= majority + 1e-3 and t.user_attrs["epochs_run"] == 1
+        else:
+            assert t.intermediate_values[1] > majority + 1e-3
+
+
 # --- benchmark and dashboard ---
 
 
@@ -412,7 +445,7 @@ def test_pruning_benchmark_runs_both_studies(tiny_data, tmp_path):
     doc = _sweep_doc(tiny_data, tmp_path, n_trials=2)
     doc["trial"]["train"]["epochs"] = 2
     result = bench_pruning(_write(tmp_path, doc), tmp_path / "bench")
-    assert set(result) == {"none", "median", "replay"}
+    assert set(result) == {"none", "median", "replay", "replay_optuna"}
     assert result["none"]["epochs"] == 4 and result["none"]["pruned"] == 0
     # the median rule replayed on the first study's curves predicts the pruned study exactly
     assert result["replay"]["epochs"] == result["median"]["epochs"]
