@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import statistics
 import tempfile
@@ -195,6 +196,7 @@ def bench_pruning(sweep_file: Path, out: Path, quick: bool = False) -> dict[str,
                     # Optuna's plain rule has no floor; the harness's has it when switched on
                     floor=floor if skip and spec.pruner_majority_floor else None,
                 )
+                best_r = best_r if math.isfinite(best_r) else float("nan")  # none finished
                 results[key] = {"best": best_r, "epochs": float(epochs_r)}
         best = best_trial(trials)
         results[pruner] = {
