@@ -78,8 +78,8 @@ class CheckedMedianPruner(optuna.pruners.BasePruner):
         floor = float(attr) if isinstance(attr, float) and self.majority_floor else math.nan
         if maximize and math.isfinite(floor) and mine and best <= floor + FLOOR_MARGIN:
             self.reasons[trial.number] = (
-                f"best {best:.4f} by epoch {step}, no better than predicting the "
-                f"majority class ({floor:.4f})"
+                f"majority floor: best {best:.4f} <= {floor:.4f} (majority-class mIoU) "
+                f"+ {FLOOR_MARGIN:g}"
             )
             return True
         sound = [
@@ -101,9 +101,8 @@ class CheckedMedianPruner(optuna.pruners.BasePruner):
         median = statistics.median(at_step)
         if _worse(best, median, maximize):
             self.reasons[trial.number] = (
-                f"best {best:.4f} by epoch {step}, "
-                f"{'below' if maximize else 'above'} the median {median:.4f} of "
-                f"{len(at_step)} finished trials no check flagged"
+                f"median rule: best {best:.4f} {'<' if maximize else '>'} {median:.4f}, the median "
+                f"of {len(at_step)} unflagged trials"
             )
             return True
         return False

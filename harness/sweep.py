@@ -526,10 +526,8 @@ def _pruning_callback(trial: Any, metric: str, pruner: str) -> Any:
             trial.report(float(value), epoch)
             if trial.should_prune():
                 why = getattr(trial.study.pruner, "reasons", {}).get(trial.number)
-                raise StopTrial(
-                    f"{pruner} pruner: {why}" if why else f"{pruner} pruner ({metric} {value:.4f})",
-                    "pruned",
-                )
+                # the harness's median pruner says which rule stopped the trial
+                raise StopTrial(why or f"{pruner} pruner ({metric} {value:.4f})", "pruned")
 
     return OptunaPruning()
 
@@ -808,7 +806,7 @@ def trial_rows(trials: Sequence[Any], param_names: Sequence[str]) -> list[list[A
                 ua.get("epochs_run", ""),
                 ",".join(trial_flags(t, outliers)),
                 ua.get("wandb", ""),
-                str(note)[:48],
+                str(note)[:80],
             ]
         )
     return rows

@@ -107,7 +107,7 @@ def test_the_floor_prunes_a_trial_that_learned_nothing_without_any_finished_tria
     trial.report(0.0859, 2)  # above the majority level by less than the margin
     assert trial.should_prune()
     assert pruner.reasons[trial.number] == (
-        "best 0.0859 by epoch 2, no better than predicting the majority class (0.0854)"
+        "majority floor: best 0.0859 <= 0.0854 (majority-class mIoU) + 0.001"
     )
 
 
@@ -141,7 +141,7 @@ def test_the_median_reason_names_the_reference():
     second = optuna.trial.Trial(study, study.trials[1]._trial_id)
     assert second.should_prune()
     assert pruner.reasons[1] == (
-        "best 0.1000 by epoch 1, below the median 0.2000 of 1 finished trials no check flagged"
+        "median rule: best 0.1000 < 0.2000, the median of 1 unflagged trials"
     )
 
 
