@@ -12,7 +12,7 @@
     same configurations, in the same order, with its median pruner; best val mIoU and epochs
     trained of each. Holding the sequence fixed makes pruning the only difference: two
     free-running TPE studies part ways after the first pruned trial, and their bests then differ
-    by the sampler's luck (about 0.01 from seed to seed here), as much as the target itself.
+    by the sampler's luck (0.00 to 0.08 for sampler seeds 0-3 here), more than the target.
 (eda) ``harness eda`` on a random competition-sized set (3,272 images of 512x512, about 25,000
     annotations): wall time of load + validate, analysis and report against the 120 s target.
 """

@@ -34,13 +34,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.outliers import OUTLIER_LOW
-
-
-def check_flags(trial: FrozenTrial) -> list[str]:
-    """The flags the trial-level checks recorded on a trial (not the study-level verdict)."""
-    return [f for f in trial.user_attrs.get("flags") or [] if f != OUTLIER_LOW]
-
+from harness.sweep import trial_flags
 
 FLOOR_MARGIN = 1e-3  # "no better than the majority class": above it by less than this
 MAJORITY_ATTR = "majority_miou"
@@ -85,7 +79,7 @@ class CheckedMedianPruner(optuna.pruners.BasePruner):
         sound = [
             t
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if not check_flags(t)
+            if not trial_flags(t, {})  # the checks' own flags, not the study-level verdict
         ]
         if len(sound) < max(self.n_startup_trials, 1):
             return False
@@ -160,7 +154,7 @@ def replay_of(trials: Sequence[Any]) -> list[tuple[list[float], bool]]:
     return [
         (
             [t.intermediate_values[e] for e in sorted(t.intermediate_values)],
-            bool(check_flags(t)),
+            bool(trial_flags(t, {})),
         )
         for t in trials
         if t.state == TrialState.COMPLETE

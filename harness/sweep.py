@@ -515,14 +515,16 @@ def _pruning_callback(trial: Any, metric: str, pruner: str) -> Any:
     class OptunaPruning(Callback):
         """Reports the metric per epoch; the study's pruner may end the trial."""
 
+        majority_known = False
+
         def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
             value = row.get(metric)
             if value is None or math.isnan(value):
                 return
             majority = row.get("val/majority_mIoU")
-            known = trial.user_attrs.get(MAJORITY_ATTR)
-            if metric == "val/mIoU" and isinstance(majority, float) and majority != known:
+            if metric == "val/mIoU" and not self.majority_known and isinstance(majority, float):
                 trial.set_user_attr(MAJORITY_ATTR, majority)  # the median pruner's floor
+                self.majority_known = True
             trial.report(float(value), epoch)
             if trial.should_prune():
                 why = getattr(trial.study.pruner, "reasons", {}).get(trial.number)
