@@ -4,10 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
-# W&B and torch caches stay out of the home folder when tracking lands; see README
+# matplotlib's cache goes under runs/, not the home folder (W&B keeps its files in the run folder)
 export MPLCONFIGDIR := $(CURDIR)/runs/.mplconfig
 
-.PHONY: install test sweep bug-demo bug-demo-blind report trial lint bench clean
+.PHONY: install test test-fast test-deps sweep bug-demo bug-demo-blind report trial lint bench clean
 
 install: $(STAMP)
 
@@ -15,13 +15,24 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# pinned torch pair: a CUDA build that also runs on the CPU (see DESIGN.md section 5)
+	# pinned torch pair: a CUDA build that also runs on the CPU (see README)
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+# The test suite; first installs what it needs when missing (chromium, PostgreSQL: see the script).
+# Extra pytest arguments: make test PYTEST_ARGS='-k report'
+PYTEST_ARGS ?=
+test: $(STAMP) test-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests without the ones marked slow.
+test-fast: $(STAMP) test-deps
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The system packages the tests need (Debian, root); prints one line when they are there.
+test-deps:
+	@bash scripts/install-test-deps.sh
 
 # The default study on the built-in dataset (runs/default/); running it again resumes it.
 sweep: $(STAMP)
