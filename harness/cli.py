@@ -6,6 +6,7 @@ on the command line. User errors (``HarnessError`` and bad options) print one li
 exit with code 2, without a traceback.
 """
 
+# size: typer declares every option of a command in its signature; the logic lives in the packages
 from __future__ import annotations
 
 import os
@@ -57,6 +58,7 @@ Examples:
 
 
 @app.command(epilog=TRIAL_EXAMPLES)
+# long: the typer option declarations; the body is the override table and one fit call
 def trial(
     config: Annotated[
         Path | None,
@@ -214,12 +216,13 @@ def trial(
     }
     cfg = with_overrides(cfg, overrides)
 
-    from harness.train import fit
+    from harness.fit import fit
+    from harness.tracking import make_tracker
 
     console = None if quiet else _console()
     if console is not None:
         console.print(f"harness {__version__}: trial [bold]{cfg.name}[/] -> {cfg.run_dir}")
-    result = fit(cfg, console=console)
+    result = fit(cfg, console=console, tracker=make_tracker(cfg, console))
     line = (
         f"{result.status}: best val/mIoU {result.best_miou:.4f} at epoch {result.best_epoch}, "
         f"{result.wall_time_s:.1f}s, run folder {result.run_dir}"
@@ -297,23 +300,23 @@ def eda(
 ) -> None:
     """Know the data: statistics, overlapping labels per policy, one self-contained HTML report."""
     from harness.config import DataConfig
-    from harness.data.eda import dataset_name, progress_bar, run_eda, summary_lines
     from harness.data.synth import ensure_builtin
+    from harness.eda import dataset_name
+    from harness.report.eda import run_eda, summary_lines
 
     defaults = DataConfig()
     cache = cache_dir if cache_dir is not None else Path(defaults.cache_dir)
     root = Path(data) if data is not None else ensure_builtin(cache)
     folder = out if out is not None else Path("runs") / "eda" / dataset_name(root)
-    with progress_bar(enabled=not quiet) as progress:
-        result, report = run_eda(
-            root,
-            folder,
-            val_fraction=defaults.val_fraction if val_fraction is None else val_fraction,
-            split_seed=defaults.split_seed if split_seed is None else split_seed,
-            cache_dir=cache,
-            n_samples=samples,
-            progress=progress,
-        )
+    result, report = run_eda(
+        root,
+        folder,
+        val_fraction=defaults.val_fraction if val_fraction is None else val_fraction,
+        split_seed=defaults.split_seed if split_seed is None else split_seed,
+        cache_dir=cache,
+        n_samples=samples,
+        progress=not quiet,
+    )
     for warning in result.warnings:
         print(f"WARNING {warning}", file=sys.stderr)
     print("\n".join(summary_lines(result, report)))
@@ -333,6 +336,7 @@ Examples:
 
 
 @app.command(epilog=SWEEP_EXAMPLES)
+# long: the typer option declarations; the body builds the spec and runs it
 def sweep(
     file: Annotated[
         Path, typer.Argument(help="Sweep file (search space, sampler, pruner, trial settings).")
@@ -381,9 +385,19 @@ def sweep(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Each trial's full output (audit table, epoch lines), as harness trial prints "
+            "it; default: one line per trial and a live display of the running one.",
+        ),
+    ] = False,
 ) -> None:
     """Run (or resume) an Optuna study of trials; writes runs/STUDY/best.yaml as it goes."""
-    from harness.sweep import BEST_FILE, load_spec, run_sweep, trials_of, with_options
+    from harness.config.sweep import load_spec, with_options
+    from harness.sweep import BEST_FILE, run_sweep, trials_of
 
     if workers < 1:
         raise HarnessError(f"--workers={workers}: must be >= 1")
@@ -402,7 +416,9 @@ def sweep(
     )
     console = _console()
     try:
-        study_obj = run_sweep(spec, workers=workers, console=None if quiet else console)
+        study_obj = run_sweep(
+            spec, workers=workers, console=None if quiet else console, verbose=verbose
+        )
     except KeyboardInterrupt:
         # typer turns Ctrl-C into a silent exit 130; say what happened and how to go on
         _error(
@@ -477,7 +493,8 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
 ) -> None:
     """Start optuna-dashboard on the study's storage, on 127.0.0.1 (Ctrl-C stops it)."""
-    from harness.sweep import load_study, mask_url
+    from harness.secrets import mask_url
+    from harness.sweep import load_study
 
     study_obj = load_study(study, out=str(out), storage=storage)
     try:
@@ -506,7 +523,7 @@ def report(
     ] = None,
 ) -> None:
     """One self-contained HTML report of a study (charts, flags with evidence, best masks)."""
-    from harness.report import write_report
+    from harness.report.study import write_report
 
     print(write_report(study, out=out, storage=storage, dest=dest))
 
@@ -525,7 +542,7 @@ def bench(
     """Benchmarks, each a ratio measured in one run: (a) mask cache vs pycocotools decoding,
     (b) fit vs a bare PyTorch loop, (c) W&B offline vs no tracking, (d) median pruning vs none
     on the default study, (eda) harness eda on a competition-sized set."""
-    from harness.bench import BENCHMARKS, run_benchmarks
+    from harness.bench.run import BENCHMARKS, run_benchmarks
 
     names: tuple[str, ...] = BENCHMARKS
     if only is not None:

@@ -18,8 +18,6 @@ from harness.config import OptimConfig
 
 ENCODER = "encoder"
 DECODER = "decoder"
-# injectable bugs that live in the optimiser / the model's requires_grad (see build_buggy_optimizer)
-OPTIMIZER_BUGS = ("encoder-only-optimizer", "frozen-decoder", "zero-lr-decoder")
 
 
 def top_level_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -55,7 +53,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return groups
 
 
-def _make(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+def make_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
@@ -64,28 +62,7 @@ def _make(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return _make(param_groups(model, cfg), cfg)
-
-
-def build_buggy_optimizer(model: nn.Module, cfg: OptimConfig, bug: str) -> torch.optim.Optimizer:
-    """Reproduce a known silent bug on purpose, so the checks can be shown and tested."""
-    if bug == "encoder-only-optimizer":
-        # Exactly the story's line: a lower lr for the encoder ... and nothing else.
-        # The FCN, decoder and head are never stepped and keep their random init.
-        encoder = model.get_submodule(ENCODER)
-        return _make([{"name": ENCODER, "params": encoder.parameters(), "lr": cfg.f_lr}], cfg)
-    if bug == "frozen-decoder":
-        # A leftover freeze (e.g. from a fine-tuning recipe): the decoder keeps its random init
-        model.get_submodule(DECODER).requires_grad_(False)
-        return build_optimizer(model, cfg)
-    if bug == "zero-lr-decoder":
-        # A per-module lr table with a typo: the decoder group is stepped with lr 0
-        groups = param_groups(model, cfg)
-        for group in groups:
-            if group["name"] == DECODER:
-                group["lr"] = 0.0
-        return _make(groups, cfg)
-    raise ValueError(f"unknown bug {bug!r}")
+    return make_optimizer(param_groups(model, cfg), cfg)
 
 
 def build_scheduler(

@@ -14,22 +14,15 @@ import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
+from harness.bench.fixtures import bench_eda, write_bench_dataset
 from harness.cli import main
 from harness.config import OVERLAP_POLICIES
 from harness.data.cache import MaskCache
 from harness.data.coco import load_coco
-from harness.data.eda import (
-    CONTAINMENT,
-    POLICY_PAIRS,
-    ImageAnalysis,
-    analyze_image,
-    bench_eda,
-    dataset_name,
-    run_eda,
-    write_bench_dataset,
-)
 from harness.data.masks import build_semantic_mask, decode_instance
 from harness.data.synth import generate
+from harness.eda import CONTAINMENT, POLICY_PAIRS, ImageAnalysis, analyze_image, dataset_name
+from harness.report.eda import run_eda
 
 H, W = 20, 24
 # category id -> class index: id 0 is a "_background_" category (never painted), ids 3..6 real;

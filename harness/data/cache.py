@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from harness.data import masks as _masks
 from harness.data.coco import CocoDataset, CocoSplit
+from harness.progress import bar
 
 FORMAT_VERSION = 1
 DATA_FILE = "masks.u8"
@@ -138,7 +138,12 @@ class MaskCache:
         heights: list[int] = []
         widths: list[int] = []
         offset = 0
-        with open(folder / DATA_FILE, "wb") as fh, _Progress(len(split.images), split.name) as step:
+        with (
+            open(folder / DATA_FILE, "wb") as fh,
+            bar(
+                len(split.images), f"decoding {split.name} masks", min_total=_PROGRESS_MIN_IMAGES
+            ) as step,
+        ):
             for img in split.images:
                 h, w = img["height"], img["width"]
                 mask = _masks.build_semantic_mask(
@@ -196,134 +201,3 @@ class MaskCache:
         state = self.__dict__.copy()
         state["_data"] = None
         return state
-
-
-class _Progress:
-    """A transient rich progress bar for long builds on a terminal; silent otherwise."""
-
-    def __init__(self, total: int, name: str) -> None:
-        self.total = total
-        self.name = name
-        self._bar: Any = None
-
-    def __enter__(self) -> Any:
-        if self.total >= _PROGRESS_MIN_IMAGES:
-            from rich.console import Console
-            from rich.progress import Progress
-
-            console = Console(stderr=True)
-            if console.is_terminal:
-                self._bar = Progress(console=console, transient=True)
-                self._bar.start()
-                task = self._bar.add_task(f"decoding {self.name} masks", total=self.total)
-                return lambda: self._bar.advance(task)
-        return lambda: None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
-# --- benchmark -------------------------------------------------------------------------------
-
-
-def _random_polygon(rng: np.random.Generator, size: int) -> list[float]:
-    # A star-shaped polygon: sorted angles around a centre, so it never self-intersects.
-    n = int(rng.integers(8, 24))
-    cx, cy = rng.uniform(0.1 * size, 0.9 * size, 2)
-    radius = rng.uniform(0.05 * size, 0.25 * size)
-    angles = np.sort(rng.uniform(0, 2 * np.pi, n))
-    r = radius * rng.uniform(0.5, 1.0, n)
-    xs = np.clip(cx + r * np.cos(angles), 0, size - 1)
-    ys = np.clip(cy + r * np.sin(angles), 0, size - 1)
-    return np.stack([xs, ys], axis=1).ravel().round(2).tolist()
-
-
-def _bench_dataset(
-    n_images: int, size: int, anns_per_image: int, root: Path
-) -> tuple[CocoDataset, CocoSplit]:
-    rng = np.random.default_rng(0)
-    categories: list[dict[str, Any]] = [{"id": i, "name": f"class{i}"} for i in range(10)]
-    images: list[dict[str, Any]] = [
-        {"id": i, "file_name": f"{i}.jpg", "width": size, "height": size} for i in range(n_images)
-    ]
-    anns: list[dict[str, Any]] = []
-    for img in images:
-        for _ in range(anns_per_image):
-            anns.append(
-                {
-                    "id": len(anns),
-                    "image_id": img["id"],
-                    "category_id": int(rng.integers(0, 10)),
-                    "segmentation": [_random_polygon(rng, size)],
-                    "iscrowd": 0,
-                }
-            )
-    raw = json.dumps({"images": images, "annotations": anns, "categories": categories})
-    ann_path = root / "bench.json"
-    ann_path.write_text(raw)
-    by_image: dict[int, list[dict[str, Any]]] = {img["id"]: [] for img in images}
-    for ann in anns:
-        by_image[ann["image_id"]].append(ann)
-    split = CocoSplit(
-        "train", ann_path, root, images, by_image, hashlib.sha256(raw.encode()).hexdigest()
-    )
-    dataset = CocoDataset(
-        root,
-        "single",
-        ["background"] + [c["name"] for c in categories],
-        {c["id"]: c["id"] + 1 for c in categories},
-        {"train": split},
-    )
-    return dataset, split
-
-
-def _decode_with_pycocotools(
-    anns: list[dict[str, Any]], h: int, w: int, cat_to_class: dict[int, int]
-) -> np.ndarray:
-    # The baseline the cache replaces: what a dataset without a cache does for every sample.
-    import pycocotools.mask as mask_utils
-
-    out = np.zeros((h, w), dtype=np.uint8)
-    for ann in anns:
-        rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], h, w))
-        cls = np.uint8(cat_to_class[ann["category_id"]])
-        np.maximum(out, mask_utils.decode(rle) * cls, out=out)
-    return out
-
-
-def bench_masks(
-    n_images: int = 200,
-    size: int = 512,
-    anns_per_image: int = 10,
-    tmp_dir: Path | None = None,
-) -> dict[str, float]:
-    """Time decoding + painting every mask with pycocotools against reading it from the cache."""
-    with tempfile.TemporaryDirectory(dir=tmp_dir) as tmp:
-        root = Path(tmp)
-        dataset, split = _bench_dataset(n_images, size, anns_per_image, root)
-
-        start = time.perf_counter()
-        cache = MaskCache.build(split, dataset, "max-class", root / "cache")
-        build_s = time.perf_counter() - start
-
-        start = time.perf_counter()
-        for img in split.images:
-            _decode_with_pycocotools(
-                split.anns_by_image[img["id"]], size, size, dataset.cat_to_class
-            )
-        decode_s = time.perf_counter() - start
-
-        start = time.perf_counter()
-        for img in split.images:
-            cache[img["id"]]
-        cache_s = time.perf_counter() - start
-    return {
-        "n_images": float(n_images),
-        "size": float(size),
-        "anns_per_image": float(anns_per_image),
-        "build_s": build_s,
-        "decode_s": decode_s,
-        "cache_s": cache_s,
-        "speedup": decode_s / cache_s if cache_s > 0 else float("inf"),
-    }

@@ -193,6 +193,7 @@ def _read_json(path: Path) -> tuple[Any, str]:
     return data, hashlib.sha256(raw).hexdigest()
 
 
+# long: the rules of one annotation file in the order a reader checks them, each with its error
 def _parse_file(path: Path, split: str) -> _File:
     data, raw_hash = _read_json(path)
     if not isinstance(data, dict):

@@ -18,6 +18,8 @@ Randomness comes from ``numpy.random.default_rng((seed, split, index))`` per ima
 else, so the same parameters give byte-identical JSON and JPEG files.
 """
 
+# size: one generator: shapes, scene layout and the rendering rules that keep the annotations
+# honest are read together
 from __future__ import annotations
 
 import hashlib
@@ -260,6 +262,7 @@ def _jagged(rng: np.random.Generator, r: float, n: int, lo: float = 0.55) -> Arr
     return np.stack([rad * np.cos(t), rad * np.sin(t)], axis=1)
 
 
+# long: one branch per category: the table of shapes, colours and textures, written as code
 def _make(cat: int, rng: np.random.Generator, size: int, crowd: bool = False) -> _Obj:
     """Sample a shape and its colours in the local frame; sizes are fractions of the image."""
     s = float(size)

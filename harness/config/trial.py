@@ -1,0 +1,289 @@
+"""Trial configuration: frozen dataclasses, built once in the CLI and passed down.
+
+A config comes from the dataclass defaults (a CPU-sized trial on the built-in dataset), then an
+optional YAML file, then CLI overrides. Every value is validated where it is set, and each error
+names the field, the value and the rule. ``to_dict`` of the result is what a run records and what
+``harness trial --config`` reads back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+from harness.config.validate import check_choice, check_positive, coerce, fail
+from harness.errors import ConfigError
+
+OVERLAP_POLICIES = ("max-class", "area-desc", "ignore")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "cosine", "poly")
+MODELS = ("deconvnet",)
+INJECTABLE_BUGS = (
+    "encoder-only-optimizer",  # the story's optimiser: FCN, decoder and head never stepped
+    "frozen-decoder",  # decoder requires_grad=False by mistake
+    "zero-lr-decoder",  # the decoder's optimiser group has lr 0
+    "shuffled-masks",  # training masks paired with the wrong images
+)
+TRACKING_BACKENDS = ("wandb", "local", "none")
+N_POOLS = 5  # VGG16 has five 2x2/2 max pools
+
+
+def encoder_output_size(image_size: int) -> int:
+    """Side of the feature map after the five ceil-mode pools of the encoder."""
+    size = image_size
+    for _ in range(N_POOLS):
+        size = -(-size // 2)
+    return size
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str | None = None  # None: the built-in synthetic dataset
+    overlap: str = "max-class"
+    val_fraction: float = 0.2  # only for a single annotation file without splits
+    split_seed: int = 0
+    image_size: int = 96
+    augment: bool = False  # the course baseline trained without; --augment turns it on
+    num_workers: int = 0
+    cache_dir: str = "runs/cache"  # synthetic dataset and decoded masks
+
+    def __post_init__(self) -> None:
+        check_choice("data.overlap", self.overlap, OVERLAP_POLICIES)
+        if not 0.0 < self.val_fraction < 1.0:
+            fail("data.val_fraction", self.val_fraction, "must be strictly between 0 and 1")
+        if self.image_size < 32:
+            fail("data.image_size", self.image_size, "must be >= 32 (five 2x2 pools)")
+        if self.num_workers < 0:
+            fail("data.num_workers", self.num_workers, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "deconvnet"
+    encoder_bn: bool = True
+    fcn_bn: bool = True
+    decoder_bn: bool = True
+    width: float = 0.125  # channel multiplier; 1.0 is the paper's VGG16
+    fc_channels: int = 128  # paper: 4096
+    fc_kernel: int = 3  # paper: 7
+    dropout: float = 0.0  # Dropout2d after fc6/fc7 (the course notebook used 0.5)
+    pretrained: bool = False  # torchvision ImageNet weights for the encoder
+    weights_path: str | None = None  # a local state dict for the encoder (or the whole model)
+
+    def __post_init__(self) -> None:
+        check_choice("model.name", self.name, MODELS)
+        check_positive("model.width", self.width)
+        if round(64 * self.width) < 1:
+            fail("model.width", self.width, "must give at least one channel (width >= 1/64)")
+        if self.fc_channels < 1:
+            fail("model.fc_channels", self.fc_channels, "must be >= 1")
+        if self.fc_kernel < 1:
+            fail("model.fc_kernel", self.fc_kernel, "must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            fail("model.dropout", self.dropout, "must be in [0, 1)")
+        if self.pretrained and self.width != 1.0:
+            fail("model.pretrained", self.pretrained, "ImageNet weights need model.width=1.0")
+        if self.pretrained and self.weights_path:
+            fail("model.weights_path", self.weights_path, "give either pretrained or weights_path")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 3e-3  # FCN, decoder and head
+    f_lr: float = 3e-3  # encoder ("feature" lr); 0 freezes it on purpose
+    weight_decay: float = 1e-6
+    momentum: float = 0.9  # SGD only
+    scheduler: str = "none"
+    poly_power: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_choice("optim.name", self.name, OPTIMIZERS)
+        check_positive("optim.lr", self.lr)
+        check_positive("optim.f_lr", self.f_lr, allow_zero=True)
+        check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        if not 0.0 <= self.momentum < 1.0:
+            fail("optim.momentum", self.momentum, "must be in [0, 1)")
+        check_choice("optim.scheduler", self.scheduler, SCHEDULERS)
+        check_positive("optim.poly_power", self.poly_power)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 8
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    amp: bool = True  # only on CUDA
+    channels_last: bool = True  # only on CUDA
+    strict: bool = False  # abort when the param-group audit finds anything
+    audit: bool = True  # param-group audit findings become flags (audit:*); off: table only
+    inject_bug: str | None = None
+    checkpoint: bool = True
+    monitor: bool = True  # update monitor, learning check, mask pairing check
+    monitor_steps: int = 5  # the monitor's early look: after this many optimiser steps
+    stop_never_updated: bool = False  # end the trial (failed) when a module never moved
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            fail("train.epochs", self.epochs, "must be >= 1")
+        if self.batch_size < 1:
+            fail("train.batch_size", self.batch_size, "must be >= 1")
+        if self.seed < 0:
+            fail("train.seed", self.seed, "must be >= 0")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            fail("train.device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
+        if self.inject_bug is not None:
+            check_choice("train.inject_bug", self.inject_bug, INJECTABLE_BUGS)
+        if self.monitor_steps < 1:
+            fail("train.monitor_steps", self.monitor_steps, "must be >= 1")
+        if self.strict and not self.audit:
+            fail("train.strict", self.strict, "needs train.audit=true (it acts on its findings)")
+        if self.stop_never_updated and not self.monitor:
+            fail(
+                "train.stop_never_updated",
+                self.stop_never_updated,
+                "needs train.monitor=true (the monitor raises never-updated)",
+            )
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    backend: str = "wandb"  # wandb: record + W&B run; local: record + mask PNGs; none: record
+    project: str = "harness"
+    entity: str | None = None  # None: the W&B default entity of the logged-in user
+    log_model: bool = False  # best.pt as a W&B artifact
+    media_every: int = 5  # mask panel every N epochs, and at the end of the trial
+    media_images: int = 8  # fixed val images in the panel; 0 turns it off
+
+    def __post_init__(self) -> None:
+        check_choice("tracking.backend", self.backend, TRACKING_BACKENDS)
+        # W&B rejects these characters in project names (and only finds out online)
+        if not self.project or len(self.project) > 128 or re.search(r"[/\\#?%:]", self.project):
+            fail("tracking.project", self.project, "must be 1-128 characters without /\\#?%:")
+        if self.entity is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", self.entity):
+            fail("tracking.entity", self.entity, "must be letters, digits, '_' or '-'")
+        if self.media_every < 1:
+            fail("tracking.media_every", self.media_every, "must be >= 1")
+        if self.media_images < 0:
+            fail("tracking.media_images", self.media_images, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    name: str = "trial"
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            fail("name", self.name, "must be letters, digits, '.', '_' or '-' (a folder name)")
+        side = encoder_output_size(self.data.image_size)
+        if side < self.model.fc_kernel:
+            fail(
+                "data.image_size",
+                self.data.image_size,
+                f"five pools leave {side}x{side}, smaller than model.fc_kernel="
+                f"{self.model.fc_kernel}; use an image size >= {32 * self.model.fc_kernel - 31}"
+                " or a smaller fc_kernel",
+            )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- building configs from YAML and overrides -------------------------------------------------
+
+_T = TypeVar("_T")
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "tracking": TrackingConfig,
+}
+
+
+def _build_section(cls: type[_T], path: str, values: Mapping[str, Any], base: _T) -> _T:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{path}{key}: unknown key (known: {', '.join(sorted(known))})")
+        changes[key] = coerce(f"{path}{key}", value, hints[key])
+    return dataclasses.replace(base, **changes)  # type: ignore[type-var]
+
+
+def config_from_dict(raw: Mapping[str, Any], base: TrialConfig | None = None) -> TrialConfig:
+    """Apply a nested mapping (the YAML layout of ``TrialConfig.to_dict``) on top of ``base``."""
+    base = base or TrialConfig()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config: must be a mapping of sections, got {type(raw).__name__}")
+    top: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key}: must be a mapping, got {type(value).__name__}")
+            sections[key] = _build_section(SECTIONS[key], f"{key}.", value, getattr(base, key))
+        elif key in ("name", "out_dir"):
+            top[key] = coerce(key, value, str)
+        else:
+            known = ", ".join(["name", "out_dir", *SECTIONS])
+            raise ConfigError(f"{key}: unknown key (known: {known})")
+    return dataclasses.replace(base, **top, **sections)
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """``yaml.safe_load`` of a file; unreadable files and bad YAML become one-line ConfigErrors."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+
+
+def load_config(path: str | Path, base: TrialConfig | None = None) -> TrialConfig:
+    path = Path(path)
+    raw = read_yaml(path)
+    try:
+        return config_from_dict(raw or {}, base)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def with_overrides(cfg: TrialConfig, overrides: Mapping[str, Any]) -> TrialConfig:
+    """Apply dotted overrides such as ``{"optim.lr": 1e-4}``; ``None`` values are skipped."""
+    nested: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        head, _, tail = dotted.partition(".")
+        if tail:
+            nested.setdefault(head, {})[tail] = value
+        else:
+            nested[head] = value
+    return config_from_dict(nested, cfg)
+
+
+def save_config(cfg: TrialConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,48 @@
+"""From a trial config to its DataLoaders: the dataset (built-in or the user's) and the loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from harness.config import TrialConfig
+from harness.data.dataset import DataBundle, build_datasets
+from harness.data.synth import ensure_builtin
+from harness.data.transforms import seed_worker
+
+
+def load_data(cfg: TrialConfig) -> DataBundle:
+    """The DataBundle for ``cfg.data``; the built-in dataset is generated once into the cache."""
+    if cfg.data.root is None:
+        root = ensure_builtin(Path(cfg.data.cache_dir))
+    else:
+        root = Path(cfg.data.root)
+    return build_datasets(cfg.data, root, seed=cfg.train.seed)
+
+
+def make_loaders(
+    bundle: Any, cfg: TrialConfig, device: torch.device
+) -> tuple[DataLoader, DataLoader]:
+    bs = cfg.train.batch_size
+    workers = cfg.data.num_workers
+    common: dict[str, Any] = {
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda",
+        "worker_init_fn": seed_worker if workers else None,
+        "persistent_workers": workers > 0,
+    }
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    train = DataLoader(
+        bundle.train,
+        batch_size=bs,
+        shuffle=True,
+        # BatchNorm cannot train on a last batch of one image at 1x1 after fc7
+        drop_last=len(bundle.train) > bs,
+        generator=generator,
+        **common,
+    )
+    val = DataLoader(bundle.val, batch_size=bs, shuffle=False, **common)
+    return train, val

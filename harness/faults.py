@@ -1,0 +1,74 @@
+"""The injectable silent bugs (``--inject-bug``, ``train.inject_bug``), all in one place.
+
+Each one is a real mistake people make, reproduced on purpose so that the checks can be shown and
+tested: the harness's own model, data and optimiser code stay free of them, and ``fit`` asks this
+module for the (possibly broken) optimiser and training set at one point each.
+
+- ``encoder-only-optimizer``: the story's line, an optimiser over the encoder only;
+- ``frozen-decoder``: a leftover ``requires_grad_(False)`` on the decoder;
+- ``zero-lr-decoder``: a per-module lr table with a typo, the decoder group at lr 0;
+- ``shuffled-masks``: image i trained with the mask of image i+1 (a mis-sorted file list).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.config import OptimConfig
+from harness.optim import DECODER, ENCODER, build_optimizer, make_optimizer, param_groups
+
+OPTIMIZER_BUGS = ("encoder-only-optimizer", "frozen-decoder", "zero-lr-decoder")
+DATA_BUGS = ("shuffled-masks",)
+
+
+def build_buggy_optimizer(model: nn.Module, cfg: OptimConfig, bug: str) -> torch.optim.Optimizer:
+    """The optimiser as the bug would build it."""
+    if bug == "encoder-only-optimizer":
+        # Exactly the story's line: a lower lr for the encoder ... and nothing else.
+        # The FCN, decoder and head are never stepped and keep their random init.
+        encoder = model.get_submodule(ENCODER)
+        return make_optimizer(
+            [{"name": ENCODER, "params": encoder.parameters(), "lr": cfg.f_lr}], cfg
+        )
+    if bug == "frozen-decoder":
+        # A leftover freeze (e.g. from a fine-tuning recipe): the decoder keeps its random init
+        model.get_submodule(DECODER).requires_grad_(False)
+        return build_optimizer(model, cfg)
+    if bug == "zero-lr-decoder":
+        # A per-module lr table with a typo: the decoder group is stepped with lr 0
+        groups = param_groups(model, cfg)
+        for group in groups:
+            if group["name"] == DECODER:
+                group["lr"] = 0.0
+        return make_optimizer(groups, cfg)
+    raise ValueError(f"unknown bug {bug!r}")
+
+
+def optimizer_for(model: nn.Module, cfg: OptimConfig, bug: str | None) -> torch.optim.Optimizer:
+    """The trial's optimiser: the correct one unless ``bug`` is an optimiser bug."""
+    if bug in OPTIMIZER_BUGS:
+        return build_buggy_optimizer(model, cfg, bug)
+    return build_optimizer(model, cfg)
+
+
+class ShiftedMasks(torch.utils.data.Dataset):
+    """The ``shuffled-masks`` bug: image i comes with the mask of image (i + 1) % n."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, _ = self.dataset[index]
+        _, mask = self.dataset[(index + 1) % len(self.dataset)]
+        return image, mask
+
+
+def train_set_for(dataset: Any, bug: str | None) -> Any:
+    """The training set the trial sees: the real one unless ``bug`` is a data bug."""
+    return ShiftedMasks(dataset) if bug == "shuffled-masks" else dataset

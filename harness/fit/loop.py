@@ -1,0 +1,132 @@
+"""One epoch of training and one evaluation, in the shape of torchvision's segmentation
+references (``references/segmentation/train.py``), plus the small pieces they need."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from harness.errors import ConfigError
+from harness.metrics import SegMetrics
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or inf; the trial cannot go on."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r}: CUDA is not available on this machine")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device='mps': MPS is not available on this machine")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+    advance: Callable[..., None] = lambda **_: None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, float]:
+    model.train()
+    loss_sum, n_images, step = 0.0, 0, 0
+    start = time.perf_counter()
+    for step, (images, masks) in enumerate(loader, start=1):
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        masks = masks.to(device, non_blocking=True)
+        with autocast(device, amp):
+            loss = criterion(model(images), masks)
+        value = loss.item()  # one sync per step: needed for the NaN check and the progress bar
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"training loss is {value} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += value * images.shape[0]
+        n_images += images.shape[0]
+        advance(info=f"loss {value:.3f}")
+        if on_step is not None:
+            on_step(step, value)
+    seconds = time.perf_counter() - start
+    return {
+        "loss": loss_sum / max(n_images, 1),
+        "images": float(n_images),
+        "seconds": seconds,
+        "steps": float(step),
+    }
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    criterion: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    num_classes: int,
+    ignore_index: int = 255,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    model.eval()
+    metrics = SegMetrics(num_classes, ignore_index, device)
+    loss_sum, n_images = 0.0, 0
+    for images, masks in loader:
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        masks = masks.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(images)
+            loss = criterion(logits.float(), masks)
+        loss_sum += float(loss) * images.shape[0]
+        n_images += images.shape[0]
+        metrics.update(masks, logits.argmax(1))
+    result = metrics.compute()
+    result["loss"] = loss_sum / max(n_images, 1)
+    return result
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,86 @@
+"""An Optuna study of trials: created once, loaded by every worker, with the sampler and pruner the
+sweep file names."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from harness.config.sweep import SweepSpec
+from harness.errors import HarnessError
+from harness.secrets import mask_url
+from harness.sweep.pruner import CheckedMedianPruner
+from harness.sweep.storage import STUDY_DB, open_storage, sqlite_url
+
+
+def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> Any:
+    # a resumed or parallel worker must not replay the first worker's random draws
+    sampler = spec.sampler
+    seed = zlib.crc32(f"{sampler.seed}:{seed_offset}".encode()) if seed_offset else sampler.seed
+    if sampler.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if sampler.name == "grid":
+        grid = {p.name: list(p.choices) for p in spec.space}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
+
+
+def make_pruner(spec: SweepSpec) -> Any:
+    pruner = spec.pruner
+    if pruner.name == "median":
+        # Optuna's median rule, but trials a check flagged (e.g. no-learning) do not set the bar
+        return CheckedMedianPruner(
+            n_startup_trials=pruner.n_startup_trials,
+            n_warmup_steps=pruner.n_warmup_epochs,
+            majority_floor=pruner.majority_floor,
+        )
+    if pruner.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=spec.base.train.epochs, reduction_factor=3
+        )
+    return optuna.pruners.NopPruner()
+
+
+def create_study(spec: SweepSpec, url: str) -> Any:
+    """Create the study once (before any worker starts); a racing creator just loads it."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec.study_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(url, spec)
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=spec.study,
+            direction="maximize" if spec.direction == "maximize" else "minimize",
+            load_if_exists=True,
+        )
+    except Exception as exc:  # DuplicatedStudyError / IntegrityError from a concurrent creator
+        if "exist" not in str(exc).lower() and "unique" not in str(exc).lower():
+            raise
+        study = optuna.load_study(study_name=spec.study, storage=storage)
+    if "sweep" not in study.user_attrs:
+        study.set_user_attr("sweep", jsonable_spec(spec))
+    return study
+
+
+def jsonable_spec(spec: SweepSpec) -> dict[str, Any]:
+    raw = dict(spec.raw)
+    raw.pop("storage", None)  # may hold a password
+    return {"source": spec.source, **yaml.safe_load(yaml.safe_dump(raw))}
+
+
+def load_study(study: str, *, out: str = "runs", storage: str | None = None) -> Any:
+    url = storage or sqlite_url(Path(out) / study)
+    if storage is None and not (Path(out) / study / STUDY_DB).exists():
+        raise HarnessError(
+            f"study {study}: no {Path(out) / study / STUDY_DB}; pass --storage URL for a "
+            "study kept elsewhere"
+        )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=study, storage=open_storage(url, heartbeat=False))
+    except KeyError:
+        raise HarnessError(f"study {study}: not found in {mask_url(url)}") from None

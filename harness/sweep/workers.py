@@ -1,0 +1,200 @@
+"""Running a study: one or several worker processes on this machine, each running trials until the
+study holds ``n_trials`` finished ones; Ctrl-C and SIGTERM stop cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import optuna
+
+from harness.config.sweep import SweepSpec
+from harness.data.loaders import load_data
+from harness.errors import HarnessError
+from harness.secrets import mask_url
+from harness.sweep.best import write_best
+from harness.sweep.objective import Objective
+from harness.sweep.storage import open_storage, storage_url
+from harness.sweep.study import create_study, make_pruner, make_sampler
+from harness.sweep.view import counts, progress_line, record_outliers, trials_of
+from harness.sweep.wandb_run import log_study_run
+
+POLL_S = 1.0  # how often an idle worker looks for stale trials or a free slot
+
+
+def run_worker(
+    spec: SweepSpec,
+    url: str,
+    *,
+    worker: int = 0,
+    console: Any = None,
+    say: Callable[[str], None] | None = None,
+    verbose: bool = False,
+) -> None:
+    """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes)."""
+    # our own progress line says how each trial ended; optuna would add a traceback per failure
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = open_storage(url, spec)
+    trials0 = optuna.load_study(study_name=spec.study, storage=storage).get_trials(deepcopy=False)
+    # the seed differs per worker and per resume: no replay of earlier random draws
+    offset = worker * 100_003 + len(trials0)
+    study = optuna.load_study(
+        study_name=spec.study,
+        storage=storage,
+        sampler=make_sampler(spec, offset),
+        pruner=make_pruner(spec),
+    )
+    objective = Objective(spec, console, verbose=verbose)
+    deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
+
+    def after_trial(study: Any, trial: Any) -> None:
+        trials = trials_of(study)
+        record_outliers(study, trials)
+        write_best(spec, trials)
+        if say is not None:
+            say(progress_line(spec, trials, trial))
+
+    while time.monotonic() < deadline:
+        trials = trials_of(study)
+        c = counts(trials)
+        done = c["COMPLETE"] + c["PRUNED"]
+        if done >= spec.n_trials:
+            break
+        if c["FAIL"] > 2 * spec.n_trials + 2:  # a sweep where every trial fails must end
+            raise HarnessError(
+                f"study {spec.study}: {c['FAIL']} failed trials; stopping (see the trial table)"
+            )
+        if done + c["RUNNING"] >= spec.n_trials:
+            # the last slots are taken; a dead worker's trial goes stale and is re-queued
+            optuna.storages.fail_stale_trials(study)
+            time.sleep(POLL_S)
+            continue
+        remaining = deadline - time.monotonic()
+        study.optimize(
+            objective,
+            n_trials=1,
+            timeout=None if math.isinf(remaining) else remaining,
+            catch=(Exception,),
+            callbacks=[after_trial],
+        )
+
+
+def _worker_main(spec: SweepSpec, url: str, worker: int, threads: int) -> None:
+    """Entry point of a ``--workers`` process (spawned: a clean interpreter per worker)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    try:
+        with _terminate_as_interrupt():
+            run_worker(spec, url, worker=worker)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except HarnessError as exc:
+        print(f"worker {worker}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a stopping container) ends a trial like Ctrl-C: marked failed, W&B
+    run closed, instead of a trial left running until its heartbeat goes stale."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_sweep(
+    spec: SweepSpec, *, workers: int = 1, console: Any = None, verbose: bool = False
+) -> Any:
+    """Create the study once, run ``workers`` workers, write best.yaml; returns the study.
+
+    ``console``: one line per finished trial and a live display of the running one;
+    ``verbose`` adds each trial's full output (audit table, epoch lines)."""
+    with _terminate_as_interrupt():
+        return _run_sweep(spec, workers, console, verbose)
+
+
+def _run_sweep(spec: SweepSpec, workers: int, console: Any, verbose: bool) -> Any:
+    url = storage_url(spec)
+    say = (lambda m: console.print(m, markup=False, soft_wrap=True)) if console else None
+    if say is not None:
+        say(
+            f"study {spec.study}: storage {mask_url(url)}, {spec.sampler.name} sampler, "
+            f"{spec.pruner.name} pruner, target {spec.n_trials} trials, {workers} worker(s)"
+        )
+    study = create_study(spec, url)
+    _check_data(spec)
+    if workers <= 1:
+        run_worker(spec, url, console=console, say=say, verbose=verbose)
+    else:
+        _run_processes(spec, url, workers, say)
+    trials = trials_of(study)
+    record_outliers(study, trials)
+    write_best(spec, trials)
+    log_study_run(spec, trials, say)
+    return study
+
+
+def _check_data(spec: SweepSpec) -> None:
+    """Load the data once up front: a bad dataset is one error, not n failed trials."""
+    load_data(spec.base)
+
+
+def _run_processes(
+    spec: SweepSpec, url: str, workers: int, say: Callable[[str], None] | None
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = [
+        ctx.Process(target=_worker_main, args=(spec, url, i, threads), name=f"worker-{i}")
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    storage = open_storage(url, spec, heartbeat=False)
+    study = optuna.load_study(study_name=spec.study, storage=storage)
+    seen: set[int] = set()
+    try:
+        while any(p.is_alive() for p in procs):
+            time.sleep(POLL_S)
+            if say is None:
+                continue
+            trials = trials_of(study)
+            for t in trials:
+                if t.state.is_finished() and t.number not in seen:
+                    seen.add(t.number)
+                    say(progress_line(spec, trials, t))
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the whole process group; a signal sent to us alone is passed on
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGINT)
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.terminate()
+        raise
+    for p in procs:
+        p.join()
+    bad = [f"{p.name} exit {p.exitcode}" for p in procs if p.exitcode not in (0, None)]
+    if bad:
+        raise HarnessError(f"study {spec.study}: {', '.join(bad)}")
