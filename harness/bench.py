@@ -15,6 +15,8 @@
     by the sampler's luck (0.00 to 0.08 for sampler seeds 0-3 here), more than the target.
 (eda) ``harness eda`` on a random competition-sized set (3,272 images of 512x512, about 25,000
     annotations): wall time of load + validate, analysis and report against the 120 s target.
+(outliers) the study-level detector's recall and false flags on simulated studies, v1 vs v2
+    (``harness/bench_outliers.py``; seconds, no training).
 """
 
 from __future__ import annotations
@@ -227,7 +229,7 @@ def pruning_setup(sweep_file: Path, quick: bool = False) -> str:
     )
 
 
-BENCHMARKS = ("a", "b", "c", "d", "eda")
+BENCHMARKS = ("a", "b", "c", "d", "eda", "outliers")
 
 
 def run_benchmarks(quick: bool = False, only: Collection[str] = BENCHMARKS) -> None:
@@ -241,6 +243,10 @@ def run_benchmarks(quick: bool = False, only: Collection[str] = BENCHMARKS) -> N
         report_pruning(console, quick=quick)
     if "eda" in only:
         bench_eda_speed(console, quick=quick)
+    if "outliers" in only:
+        from harness.bench_outliers import report_outliers
+
+        report_outliers(console, quick=quick)
 
 
 def bench_mask_cache(console: Console, quick: bool = False) -> None:

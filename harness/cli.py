@@ -518,13 +518,15 @@ def bench(
         str | None,
         typer.Option(
             help="Comma-separated benchmarks to run: a (mask cache), b (fit overhead), "
-            "c (W&B overhead), d (pruning), eda. Default: all."
+            "c (W&B overhead), d (pruning), eda, outliers (study-level detector, simulated). "
+            "Default: all."
         ),
     ] = None,
 ) -> None:
     """Benchmarks, each a ratio measured in one run: (a) mask cache vs pycocotools decoding,
     (b) fit vs a bare PyTorch loop, (c) W&B offline vs no tracking, (d) median pruning vs none
-    on the default study, (eda) harness eda on a competition-sized set."""
+    on the default study, (eda) harness eda on a competition-sized set, (outliers) the study-level
+    detector on simulated studies."""
     from harness.bench import BENCHMARKS, run_benchmarks
 
     names: tuple[str, ...] = BENCHMARKS
