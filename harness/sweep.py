@@ -542,22 +542,41 @@ def _judged_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in HIDDEN_PARAMS}
 
 
+TRAIN_LOSS_ATTR = "train_loss"  # the trial's train/loss per epoch, for the study-level detector
+
+
+def _outcome(t: Any) -> Any:
+    """A finished Optuna trial as the study-level detector sees it: its judged parameters and
+    value, and, when the trial recorded them, its majority-class level and training-loss curve."""
+    from harness.outliers import outcome_of
+    from harness.pruning import MAJORITY_ATTR
+
+    rows = [{"train/loss": x} for x in t.user_attrs.get(TRAIN_LOSS_ATTR) or []]
+    majority = t.user_attrs.get(MAJORITY_ATTR)
+    return outcome_of(
+        t.number, _judged_params(t.params), float(t.value), rows, majority_miou=majority
+    )
+
+
 def _outlier_callback(trial: Any) -> Any:
     """The study-level verdict on this trial as it finishes, from the trials finished so far,
     so the flag reaches the trial's own attributes, W&B tags and summary (``fit`` records
     callback flags). The study's current verdict (``study_outliers``) may change later."""
-    from harness.outliers import OUTLIER_LOW, low_miou_outliers
+    from harness.outliers import OUTLIER_LOW, find_outliers, outcome_of
     from harness.train import Callback
 
     class StudyOutlierCheck(Callback):
         def __init__(self) -> None:
             self.best = -math.inf
             self.status = ""
+            self.rows: list[dict[str, Any]] = []  # train/loss and val/majority_mIoU per epoch
 
         def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
             value = row.get("val/mIoU")
             if value is not None and not math.isnan(value):
                 self.best = max(self.best, float(value))
+            keep = ("train/loss", "val/majority_mIoU")
+            self.rows.append({k: row[k] for k in keep if k in row})
 
         def on_fit_end(self, status: str) -> None:
             self.status = status
@@ -568,14 +587,16 @@ def _outlier_callback(trial: Any) -> Any:
             import optuna
 
             done = [
-                (t.number, _judged_params(t.params), float(t.value))
+                _outcome(t)
                 for t in trial.study.get_trials(
                     deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
                 )
                 if t.value is not None and t.number != trial.number
             ]
-            done.append((trial.number, _judged_params(trial.params), self.best))
-            verdict = low_miou_outliers(done).get(trial.number)
+            done.append(
+                outcome_of(trial.number, _judged_params(trial.params), self.best, self.rows)
+            )
+            verdict = find_outliers(done).get(trial.number)
             return {OUTLIER_LOW: verdict.evidence} if verdict is not None else {}
 
     return StudyOutlierCheck()
@@ -660,6 +681,8 @@ class Objective:
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("best_miou", _finite(result.best_miou))
+        losses = [row.get("train/loss") for row in result.history]
+        trial.set_user_attr(TRAIN_LOSS_ATTR, [float(x) for x in losses if x is not None])
         trial.set_user_attr("wandb", _wandb_path(result.summary.get("tracking") or {}))
         if result.status == "pruned":
             raise optuna.TrialPruned(result.reason or "pruned")
@@ -701,14 +724,10 @@ def done_count(trials: Sequence[Any]) -> int:
 def study_outliers(trials: Sequence[Any]) -> dict[int, str]:
     """``outlier:low-miou`` evidence by trial number, from the study's finished trials as they
     are now (a pure function of them: recomputed, never stale, as the study grows)."""
-    from harness.outliers import low_miou_outliers
+    from harness.outliers import find_outliers
 
-    done = [
-        (t.number, _judged_params(t.params), float(t.value))
-        for t in trials
-        if t.state.name == "COMPLETE" and t.value is not None
-    ]
-    return {key: o.evidence for key, o in low_miou_outliers(done).items()}
+    done = [_outcome(t) for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    return {key: o.evidence for key, o in find_outliers(done).items()}
 
 
 def trial_flags(trial: Any, outliers: Mapping[int, str]) -> list[str]:
