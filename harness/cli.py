@@ -435,13 +435,18 @@ def sweep(
 
 
 def _print_trials(console: Console, trials: list[Any], title: str) -> None:
-    from harness.sweep import evidence_lines, trial_table
+    from harness.sweep import evidence_lines, flagged_traits, trial_table
 
     console.print(trial_table(trials, title=title))
     lines = evidence_lines(trials)
     if lines:
         console.print("[bold]flags[/] (evidence):")
         for line in lines:
+            console.print(f"  {line}", markup=False, soft_wrap=True)
+    traits = flagged_traits(trials)
+    if traits:
+        console.print("[bold]what the flagged trials share[/]:")
+        for line in traits:
             console.print(f"  {line}", markup=False, soft_wrap=True)
 
 
@@ -535,13 +540,15 @@ def bench(
         str | None,
         typer.Option(
             help="Comma-separated benchmarks to run: a (mask cache), b (fit overhead), "
-            "c (W&B overhead), d (pruning), eda. Default: all."
+            "c (W&B overhead), d (pruning), eda, outliers (study-level detector, simulated). "
+            "Default: all."
         ),
     ] = None,
 ) -> None:
     """Benchmarks, each a ratio measured in one run: (a) mask cache vs pycocotools decoding,
     (b) fit vs a bare PyTorch loop, (c) W&B offline vs no tracking, (d) median pruning vs none
-    on the default study, (eda) harness eda on a competition-sized set."""
+    on the default study, (eda) harness eda on a competition-sized set, (outliers) the study-level
+    detector on simulated studies."""
     from harness.bench.run import BENCHMARKS, run_benchmarks
 
     names: tuple[str, ...] = BENCHMARKS

@@ -140,9 +140,14 @@ def test_layer_lookup_prefers_the_longest_name():
 
 
 def _reason(lines: list[str], lineno: int) -> bool:
-    """A ``# long: <why>`` comment on the line before the def or the def's first lines."""
-    window = lines[max(0, lineno - 2) : lineno + 2]
-    return any("# long:" in line for line in window)
+    """A ``# long: <why>`` comment in the comment block right above the def (``lineno`` is the
+    def's 1-based line) or on the def's first lines."""
+    i = lineno - 2
+    while i >= 0 and lines[i].strip().startswith(("#", "@")):
+        if "# long:" in lines[i]:
+            return True
+        i -= 1
+    return any("# long:" in line for line in lines[lineno - 1 : lineno + 2])
 
 
 @pytest.mark.parametrize("module", sorted(_modules()))

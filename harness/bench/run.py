@@ -15,6 +15,8 @@
     by the sampler's luck (0.00 to 0.08 for sampler seeds 0-3 here), more than the target.
 (eda) ``harness eda`` on a random competition-sized set (3,272 images of 512x512, about 25,000
     annotations): wall time of load + validate, analysis and report against the 120 s target.
+(outliers) the study-level detector's recall and false flags on simulated studies, v1 vs v2
+    (``harness/bench/outliers.py``; seconds, no training).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from rich.console import Console
 from torch import nn
 
 from harness.bench.fixtures import bench_eda, bench_masks
+from harness.bench.outliers import report_outliers
 from harness.config import TrialConfig, with_overrides
 from harness.config.sweep import load_spec, with_options
 from harness.data.loaders import load_data, make_loaders
@@ -225,7 +228,7 @@ def pruning_setup(sweep_file: Path, quick: bool = False) -> str:
     )
 
 
-BENCHMARKS = ("a", "b", "c", "d", "eda")
+BENCHMARKS = ("a", "b", "c", "d", "eda", "outliers")
 
 
 def run_benchmarks(quick: bool = False, only: Collection[str] = BENCHMARKS) -> None:
@@ -239,6 +242,8 @@ def run_benchmarks(quick: bool = False, only: Collection[str] = BENCHMARKS) -> N
         report_pruning(console, quick=quick)
     if "eda" in only:
         bench_eda_speed(console, quick=quick)
+    if "outliers" in only:
+        report_outliers(console, quick=quick)
 
 
 def bench_mask_cache(console: Console, quick: bool = False) -> None:

@@ -1,24 +1,46 @@
-"""Study-level outliers: a trial whose val mIoU is far below what its neighbours predict.
+"""Study-level outliers: a trial that ended far below what the study says it should reach.
 
-A pure function over finished trials. For each trial, leave-one-out: take the k nearest other
-trials in normalised parameter space (each numeric parameter scaled to [0, 1] over the study,
-log-scaled first when it is a learning rate or spans more than a factor 20 with positive values;
-booleans 0/1; other categoricals 0 when equal, 1 when not), predict its mIoU as the median of the
-neighbours' mIoUs, and measure the neighbours' own spread as the MAD of their residuals around
-that median (x 1.4826); the scale is the larger of that and the study-wide MAD of all
-leave-one-out residuals, floored at ``min_scale``. A trial is flagged ``outlier:low-miou`` when it
-falls below the prediction by more than ``z`` robust scales AND by more than ``min_drop`` in
-absolute mIoU, so study noise does not raise flags. Median and MAD keep one broken neighbour from
-dragging the prediction down: a planted low trial does not hide its twin.
+Two detectors, both pure functions of the finished trials.
+
+``find_outliers`` (v2, what the sweep uses) takes one ``TrialOutcome`` per finished trial: its
+parameters and val mIoU, and where known its majority-class level (``val/majority_mIoU``) and its
+training-loss curve. Bugs only ever make a trial worse, so it is built to see a bug that hits many
+trials, not just a rare one:
+
+- the healthy level of a trial is the upper quartile of its k nearest neighbours' mIoU (not their
+  median): neighbours that share the bug sit below it and cannot pull it down until they are the
+  majority of the neighbourhood;
+- the distance weighs each yes/no or categorical parameter by how much it splits the study's
+  mIoU (``decoder_bn`` that separates stuck trials from learning ones counts several times a
+  parameter that changes nothing), so a stuck region is judged by its own trials;
+- the noise scale is the MAD of the residuals of the trials that are not themselves suspect
+  (iterated trimming), so a second mode of broken trials cannot inflate it;
+- anchor: a trial that ends below the no-learning level (predicting the majority class
+  everywhere) while several trials of the study learn is suspect whatever its neighbours do;
+- training loss: a model whose decoder never moves cannot fit its own training set, whatever the
+  lr. A trial whose last training loss sits far above its neighbours' is flagged on a smaller
+  mIoU drop than one with the mIoU alone;
+- a trial whose training loss rose back up (gave back half of what it had gained) diverged: its
+  lr is too high, a hyperparameter's fault that the curve explains, so it is never flagged.
+
+``low_miou_outliers`` (v1, kept for the side-by-side benchmark ``harness bench --only
+outliers``): leave-one-out, the median of the k=5 nearest neighbours, scale the larger of their
+MAD and the study-wide MAD of all residuals; flagged beyond 3.5 scales and 0.05 mIoU.
+
+Distances (both): each numeric parameter scaled to [0, 1] over the study, log-scaled first when
+it is in ``LOG_PARAMS`` or spans more than a factor 20 with positive values; booleans 0/1; other
+categoricals 0 when equal, 1 when not.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from harness.config.options import LOG_PARAMS
 
@@ -29,10 +51,12 @@ class Outlier:
     miou: float
     predicted: float
     scale: float
+    notes: tuple[str, ...] = ()  # further evidence in plain words (v2: anchor, training loss)
 
     @property
     def evidence(self) -> str:
-        return f"mIoU {self.miou:.2f}, neighbours predict {self.predicted:.2f} +- {self.scale:.2f}"
+        text = f"mIoU {self.miou:.2f}, neighbours predict {self.predicted:.2f} +- {self.scale:.2f}"
+        return "; ".join((text, *self.notes))
 
 
 def _encode(
@@ -115,3 +139,330 @@ def low_miou_outliers(
         if drop > z * scale and drop > min_drop:
             out[key] = Outlier(key, miou, predicted, scale)
     return out
+
+
+# --- v2 -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """One finished trial as ``find_outliers`` sees it. Only number, params and value are needed;
+    the rest sharpens the verdict when the sweep knows it."""
+
+    number: Any  # the trial's id (the Optuna trial number in a sweep)
+    params: Mapping[str, Any]  # the sampled hyperparameters (no injected bug)
+    value: float  # the objective: the trial's best val mIoU
+    majority_miou: float | None = None  # val/majority_mIoU: predicting the majority class
+    train_loss: tuple[float, ...] = ()  # train/loss of each epoch, in order
+
+
+def outcome_of(
+    number: Any,
+    params: Mapping[str, Any],
+    value: float,
+    rows: Sequence[Mapping[str, Any]] = (),
+    majority_miou: float | None = None,
+) -> TrialOutcome:
+    """Adapter for the sweep: a ``TrialOutcome`` from a trial's metrics rows (``metrics.jsonl``,
+    ``fit``'s history or what a callback saw; each row may hold ``train/loss`` and
+    ``val/majority_mIoU``) and/or a majority level recorded elsewhere (a user attribute)."""
+    losses = tuple(
+        float(r["train/loss"])
+        for r in rows
+        if isinstance(r.get("train/loss"), int | float) and math.isfinite(r["train/loss"])
+    )
+    if majority_miou is None:
+        levels = [r.get("val/majority_mIoU") for r in rows]
+        known = [float(m) for m in levels if isinstance(m, int | float) and math.isfinite(m)]
+        majority_miou = known[-1] if known else None
+    return TrialOutcome(number, dict(params), float(value), majority_miou, losses)
+
+
+def _columns(trials: Sequence[TrialOutcome]) -> list[tuple[str, list[Any], np.ndarray]]:
+    """Per parameter: its name, raw values and encoded columns (n x c, as in v1's ``_encode``;
+    a categorical that is not yes/no becomes one column per choice, scaled so that two different
+    choices are at distance 1)."""
+    names = sorted({name for t in trials for name in t.params})
+    per_trial = _encode([(t.number, t.params, t.value) for t in trials])
+    out = []
+    for j, name in enumerate(names):
+        coded = [row[j][1] for row in per_trial]
+        if per_trial[0][j][0] == "num":
+            cols = np.array([[float(v)] for v in coded])
+        else:
+            choices = sorted({str(v) for v in coded})
+            cols = np.array([[float(str(v) == c) for c in choices] for v in coded])
+            cols /= math.sqrt(2)
+        out.append((name, [t.params.get(name) for t in trials], cols))
+    return out
+
+
+def _is_numeric(raw: Sequence[Any]) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw if v is not None)
+
+
+def _groups(raw: Sequence[Any]) -> list[np.ndarray]:
+    """Index sets of a parameter's groups: each choice of a yes/no or categorical parameter; for
+    a number, the lower, middle and upper third of its (log-scaled) values."""
+    if not _is_numeric(raw):
+        keys = [str(v) for v in raw]
+        return [np.flatnonzero([k == g for k in keys]) for g in sorted(set(keys))]
+    order = np.argsort([math.inf if v is None else float(v) for v in raw], kind="stable")
+    return [chunk for chunk in np.array_split(order, 3) if chunk.size]
+
+
+def _weighted_distances(
+    trials: Sequence[TrialOutcome], values: np.ndarray, upper: float, relevance: float
+) -> np.ndarray:
+    """n x n distances, the diagonal infinite (leave-one-out). A parameter counts
+    ``1 + relevance * min(1, effect / spread)`` times, where effect is how far the upper quartiles
+    of its groups' mIoU (see ``_groups``) lie apart and spread the study's 10-90% range: a
+    parameter that splits the study into stuck and learning trials dominates the distance, one
+    that changes nothing counts once."""
+    spread = max(float(np.quantile(values, 0.9) - np.quantile(values, 0.1)), 0.01)
+    blocks = []
+    for _, raw, cols in _columns(trials):
+        levels = [float(np.quantile(values[g], upper)) for g in _groups(raw) if g.size >= 2]
+        effect = max(levels) - min(levels) if len(levels) >= 2 else 0.0
+        blocks.append(cols * (1.0 + relevance * min(1.0, effect / spread)))
+    x = np.hstack(blocks) if blocks else np.zeros((len(trials), 1))
+    dist = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2))
+    np.fill_diagonal(dist, np.inf)
+    return dist
+
+
+def _stuck(values: np.ndarray, majority: np.ndarray, tol: float = 5e-4) -> np.ndarray:
+    """Trials at a no-learning level: the known majority-class level, or else a value that 2 or
+    more trials hit exactly (a model predicting one class everywhere scores the same to the last
+    digit). Being stuck is the trial-level no-learning check's finding, and a stuck group is
+    usually a parameter's doing (a DeconvNet without decoder BN), so these trials are judged by
+    the anchor only, never against learning neighbours."""
+    if np.isfinite(majority).any():
+        return np.abs(values - majority) <= tol
+    rounded, counts = np.unique(np.round(values, 6), return_counts=True)
+    tied = rounded[counts >= 2]
+    return np.isin(np.round(values, 6), tied)
+
+
+def _trimmed_centre_scale(
+    residuals: np.ndarray, z: float, rounds: int = 4, least: int = 3
+) -> tuple[float, float]:
+    """Median and MAD (x 1.4826) of the finite residuals, recomputed without the ones more than
+    ``z`` scales below the centre (the suspects), a few times: a mode of broken trials cannot
+    inflate the noise scale that is meant to judge them. Residuals below the centre are bad.
+    Fewer than ``least`` residuals left: (0, 0), no shift and the caller's floor as the scale."""
+    keep = np.isfinite(residuals)
+    centre, scale = 0.0, 0.0
+    for _ in range(rounds):
+        kept = residuals[keep]
+        if kept.size < least:
+            return 0.0, 0.0
+        centre = float(np.median(kept))
+        scale = 1.4826 * float(np.median(np.abs(kept - centre)))
+        keep = np.isfinite(residuals) & (residuals >= centre - z * max(scale, 1e-12))
+    return centre, scale
+
+
+def _diverged(loss: Sequence[float]) -> bool:
+    """The training loss gave back more than half of what it had gained, and ended at least 20%
+    above its lowest: the lr is too high (divergence), not a silent bug."""
+    if len(loss) < 3:
+        return False
+    first, low, last = loss[0], min(loss), loss[-1]
+    return last - low > max(0.5 * (first - low), 0.2 * low)
+
+
+# long: twelve tunable thresholds and a docstring of the three rules; the rules share the
+# neighbour and noise arrays computed at the top
+def find_outliers(
+    trials: Sequence[TrialOutcome],
+    *,
+    k: int = 6,
+    upper: float = 0.75,
+    relevance: float = 4.0,
+    z: float = 4.0,
+    min_drop: float = 0.05,
+    z_loss: float = 3.5,
+    loss_z_miou: float = 2.0,
+    loss_min_drop: float = 0.025,
+    anchor_margin: float = 0.01,
+    learn_margin: float = 0.02,
+    min_scale: float = 0.01,
+    min_trials: int = 5,
+) -> dict[Any, Outlier]:
+    """The flagged trials by number (``outlier:low-miou``), each with its evidence. A trial is
+    flagged, unless its training loss shows it diverged, when
+
+    - neighbours: its mIoU is more than ``z`` noise scales (the study's, widened by its own
+      uncertainty, and the spread of its unsuspected neighbours) and ``min_drop`` below the
+      level its neighbours predict, or
+    - training loss: more than ``loss_z_miou`` scales and ``loss_min_drop`` below it while its
+      last training loss is more than ``z_loss`` scales and 20% above its neighbours' and fell
+      less than half as far from the first epoch as theirs typically did, or
+    - anchor: it ended more than ``anchor_margin`` below the majority-class level while at least
+      2 trials (and a tenth of the study) beat that level by ``learn_margin``.
+
+    Trials stuck at the no-learning level (``_stuck``) are judged by the anchor only.
+
+    Fewer than ``min_trials`` finished trials: nothing is judged (too few to say what is normal).
+    """
+    done = [t for t in trials if t.value is not None and math.isfinite(t.value)]
+    n = len(done)
+    if n < min_trials:
+        return {}
+    values = np.array([t.value for t in done], dtype=float)
+    majority = np.array([math.nan if t.majority_miou is None else t.majority_miou for t in done])
+    if np.isfinite(majority).any():  # the trials share a val set: fill in the missing levels
+        majority[np.isnan(majority)] = float(np.nanmedian(majority))
+    stuck = _stuck(values, majority)
+    dist = _weighted_distances(done, values, upper, relevance)
+    nbrs = np.argsort(dist, axis=1, kind="stable")[:, : max(1, min(k, n - 1))]
+    # training loss: the neighbours' lower quartile predicts a healthy last loss
+    last = np.array([t.train_loss[-1] if t.train_loss else math.nan for t in done])
+    diverged = np.array([_diverged(t.train_loss) for t in done])
+    loss_bad = np.zeros(n, dtype=bool)
+    loss_expected = np.full(n, math.nan)
+    if np.isfinite(last).sum() >= min_trials:
+        near = last[nbrs]
+        has = np.isfinite(near).any(axis=1)
+        loss_expected[has] = np.nanquantile(near[has], 1 - upper, axis=1)
+        l_centre, l_scale = _trimmed_centre_scale(loss_expected - last, z)
+        l_scale = max(l_scale, 0.02 * float(np.nanmedian(last)), 1e-6)
+        loss_expected = loss_expected - l_centre
+        excess = last - loss_expected
+        # and it fell less than half as far from its first epoch as its neighbours' typically
+        # did: a slow healthy trial (a low lr) still gets a good part of the way
+        first = np.array([t.train_loss[0] if t.train_loss else math.nan for t in done])
+        fell = first - last
+        near_fell = np.where(np.isfinite(fell[nbrs]), fell[nbrs], -np.inf)
+        typical = np.quantile(near_fell, upper, axis=1)
+        loss_bad = (
+            np.nan_to_num(excess > z_loss * l_scale)
+            & np.nan_to_num(last > 1.2 * loss_expected)
+            & np.nan_to_num(fell < 0.5 * typical)
+        )
+
+    # anchor: the no-learning level, when the trials report it
+    learners = int((values > majority + learn_margin).sum())
+    anchored = (learners >= max(2, math.ceil(0.1 * n))) & (values < majority - anchor_margin)
+
+    # healthy level: the neighbours' upper quartile, shifted by where healthy trials typically
+    # sit relative to it (the centre of the residuals of the trials that are not suspect: stuck
+    # trials' residuals are exact ties that say nothing about the noise, and a trial below the
+    # no-learning level or that could not fit its training set must not set the scale judging it)
+    predicted = np.quantile(values[nbrs], upper, axis=1)
+    centre, scale = _trimmed_centre_scale(
+        np.where(stuck | loss_bad | anchored, np.nan, values - predicted), z
+    )
+    scale = max(scale, min_scale)
+    expected = predicted + centre
+    drop = expected - values
+
+    # the mIoU alone must also be far below the spread of the trial's own unsuspected neighbours
+    # (v1's local scale): a study-wide MAD from a dozen trials can come out low by chance
+    clean = np.where((stuck | loss_bad | anchored)[nbrs], np.nan, values[nbrs])
+    enough = np.isfinite(clean).sum(axis=1) >= 3
+    local = np.zeros(n)
+    if enough.any():
+        med = np.nanmedian(clean[enough], axis=1)
+        local[enough] = 1.4826 * np.nanmedian(np.abs(clean[enough] - med[:, None]), axis=1)
+    # and a MAD from m residuals is itself uncertain (about +-1.2/sqrt(m) relative): with no
+    # second witness, the mIoU alone is judged on the scale widened by that much
+    kept = int(np.isfinite(np.where(stuck | loss_bad | anchored, np.nan, values)).sum())
+    wide = scale * (1 + 1.2 / math.sqrt(max(kept, 1)))
+    by_neighbours = (drop > z * np.maximum(wide, local)) & (drop > min_drop) & ~stuck
+    by_loss = loss_bad & (drop > loss_z_miou * scale) & (drop > loss_min_drop) & ~stuck
+    out: dict[Any, Outlier] = {}
+    for i in np.flatnonzero((by_neighbours | by_loss | anchored) & ~diverged):
+        notes = []
+        if anchored[i]:
+            notes.append(
+                f"below the majority-class level {majority[i]:.3f} that {learners} of {n} "
+                "trials beat"
+            )
+        if loss_bad[i]:
+            notes.append(
+                f"its training loss ended at {last[i]:.2f} while neighbours reached "
+                f"{loss_expected[i]:.2f}"
+            )
+        t = done[i]
+        out[t.number] = Outlier(t.number, t.value, float(expected[i]), scale, tuple(notes))
+    return out
+
+
+# --- which flagged trials look alike ---------------------------------------------------------
+
+
+def _number(x: float, up: bool) -> str:
+    """2 significant digits, learning-rate style (7.1e-3, 0.25, 12), rounded up or down so that a
+    printed bound still holds the value it was rounded from."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    exponent = math.floor(math.log10(abs(x))) - 1
+    step = 10.0**exponent
+    rounded = (math.ceil(x / step - 1e-9) if up else math.floor(x / step + 1e-9)) * step
+    if abs(rounded) < 1e-2 or abs(rounded) >= 1e4:
+        mantissa, power = f"{rounded:.1e}".split("e")
+        return f"{mantissa}e{int(power)}"
+    return f"{rounded:.{max(0, -exponent)}f}"
+
+
+def shared_traits(
+    flagged: Collection[Any], trials: Sequence[TrialOutcome], *, max_share: float = 0.25
+) -> list[str]:
+    """What the flagged trials have in common that few unflagged trials have: a parameter value
+    (or pair of values) or a numeric range all of them share, held by at most ``max_share`` of
+    the unflagged trials, best separating first. A bug in one code path hits every trial that
+    takes it, so this is where to look. Nothing below 2 flagged trials or without unflagged ones.
+
+    e.g. ``["all 4 flagged trials have encoder_bn=True (2 of 20 unflagged do)"]``"""
+    bad = [t for t in trials if t.number in flagged]
+    good = [t for t in trials if t.number not in flagged]
+    if len(bad) < 2 or not good:
+        return []
+    found: list[tuple[float, str]] = []
+
+    def add(text: str, holds: Callable[[Mapping[str, Any]], bool]) -> bool:
+        share = sum(holds(t.params) for t in good)
+        if all(holds(t.params) for t in bad) and share <= max_share * len(good):
+            found.append((share / len(good), f"{text} ({share} of {len(good)} unflagged do)"))
+            return True
+        return False
+
+    names = sorted({name for t in trials for name in t.params})
+    singles: list[tuple[str, Any]] = []
+    for name in names:
+        raw = [t.params.get(name) for t in bad]
+        if _is_numeric(raw) and None not in raw:
+            nums = [float(v) for v in raw if v is not None]
+            # the printed bounds, rounded outwards: they hold every flagged trial
+            lo_txt, hi_txt = _number(min(nums), up=False), _number(max(nums), up=True)
+            lo, hi = float(lo_txt), float(hi_txt)
+            one_sided = add(f"{name} >= {lo_txt}", _within(name, lo, math.inf))
+            one_sided |= add(f"{name} <= {hi_txt}", _within(name, -math.inf, hi))
+            if not one_sided:  # a range only when no open bound does it
+                add(f"{lo_txt} <= {name} <= {hi_txt}", _within(name, lo, hi))
+        elif len({str(v) for v in raw}) == 1:
+            singles.append((name, raw[0]))
+            add(f"{name}={raw[0]}", _equal(((name, raw[0]),)))
+    if not found:  # a region: two values that only together set the flagged trials apart
+        for i, (a, va) in enumerate(singles):
+            for b, vb in singles[i + 1 :]:
+                add(f"{a}={va} and {b}={vb}", _equal(((a, va), (b, vb))))
+    found.sort(key=lambda f: f[0])
+    return [f"all {len(bad)} flagged trials have {text}" for _, text in found]
+
+
+def _within(name: str, lo: float, hi: float) -> Callable[[Mapping[str, Any]], bool]:
+    def holds(params: Mapping[str, Any]) -> bool:
+        x = params.get(name)
+        return isinstance(x, int | float) and not isinstance(x, bool) and lo <= x <= hi
+
+    return holds
+
+
+def _equal(pairs: tuple[tuple[str, Any], ...]) -> Callable[[Mapping[str, Any]], bool]:
+    def holds(params: Mapping[str, Any]) -> bool:
+        return all(str(params.get(name)) == str(value) for name, value in pairs)
+
+    return holds

@@ -47,6 +47,7 @@ from harness.sweep.study import load_study
 from harness.sweep.view import (
     best_trial,
     counts,
+    flagged_traits,
     trials_of,
 )
 
@@ -131,6 +132,14 @@ def _flag_table(infos: Sequence[TrialInfo]) -> str:
         f"<th>{h}</th>" for h in ("trial", "state", "params", "val mIoU", "flags", "evidence")
     )
     return f'<table id="flag-table"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _traits(traits: Sequence[str]) -> str:
+    """What the flagged trials share: where a bug that hits one code path shows itself."""
+    if not traits:
+        return ""
+    items = "".join(f"<li>{esc(t)}</li>" for t in traits)
+    return f'<p>What the flagged trials share:</p><ul id="flag-traits">{items}</ul>'
 
 
 def _trials_table(infos: Sequence[TrialInfo]) -> str:
@@ -232,7 +241,8 @@ def write_report(
             ", the mask pairing check (<code>masks-misaligned</code>) and the study-level "
             "detector (<code>outlier:low-miou</code>, recomputed from the "
             "study as it is now). The best config never comes from a flagged trial.</p>"
-            + _flag_table(infos),
+            + _flag_table(infos)
+            + _traits(flagged_traits(trials)),
         )
     )
     sections.append(

@@ -25,6 +25,7 @@ class TrialAttrs:
     best_miou: float | None = None  # best val mIoU, also for pruned trials
     wandb: str = ""  # the W&B run's URL, or its id and mode
     majority_miou: float | None = None  # val mIoU of predicting the majority class (the floor)
+    train_loss: tuple[float, ...] = ()  # train/loss per epoch, for the study-level detector
 
 
 FIELDS = frozenset(f.name for f in dataclasses.fields(TrialAttrs))
@@ -34,8 +35,9 @@ def attrs_of(trial: Any) -> TrialAttrs:
     """The trial's attributes as a record (missing keys take their defaults)."""
     ua = trial.user_attrs
     raw = {k: v for k, v in ua.items() if k in FIELDS and v is not None}
-    if "flags" in raw:
-        raw["flags"] = tuple(raw["flags"])
+    for key in ("flags", "train_loss"):
+        if key in raw:
+            raw[key] = tuple(raw[key])
     return TrialAttrs(**raw)
 
 

@@ -12,12 +12,12 @@ import optuna
 
 from harness.callbacks import Callback, StopTrial
 from harness.checks.flags import OUTLIER_LOW
-from harness.checks.outliers import low_miou_outliers
+from harness.checks.outliers import TrialOutcome, find_outliers, outcome_of
 from harness.config import HIDDEN_PARAMS, TrialConfig, with_overrides
 from harness.config.sweep import SweepSpec
 from harness.data.loaders import load_data
 from harness.fit import fit
-from harness.sweep.attrs import fresh_attrs, set_attrs
+from harness.sweep.attrs import attrs_of, fresh_attrs, set_attrs
 from harness.tracking import make_tracker
 
 
@@ -83,6 +83,16 @@ def judged_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in HIDDEN_PARAMS}
 
 
+def outcome(t: Any) -> TrialOutcome:
+    """A finished Optuna trial as the study-level detector sees it: its judged parameters and
+    value, and, when the trial recorded them, its majority-class level and training-loss curve."""
+    ua = attrs_of(t)
+    rows = [{"train/loss": x} for x in ua.train_loss]
+    return outcome_of(
+        t.number, judged_params(t.params), float(t.value), rows, majority_miou=ua.majority_miou
+    )
+
+
 class StudyOutlierCheck(Callback):
     """The study-level verdict on this trial as it finishes, from the trials finished so far,
     so the flag reaches the trial's own attributes, W&B tags and summary (``fit`` records
@@ -94,11 +104,14 @@ class StudyOutlierCheck(Callback):
         self.trial = trial
         self.best = -math.inf
         self.status = ""
+        self.rows: list[dict[str, Any]] = []  # train/loss and val/majority_mIoU per epoch
 
     def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
         value = row.get("val/mIoU")
         if value is not None and not math.isnan(value):
             self.best = max(self.best, float(value))
+        keep = ("train/loss", "val/majority_mIoU")
+        self.rows.append({k: row[k] for k in keep if k in row})
 
     def on_fit_end(self, status: str) -> None:
         self.status = status
@@ -108,14 +121,14 @@ class StudyOutlierCheck(Callback):
             return {}  # a pruned or failed trial's mIoU says nothing about its parameters
         trial = self.trial
         done = [
-            (t.number, judged_params(t.params), float(t.value))
+            outcome(t)
             for t in trial.study.get_trials(
                 deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
             )
             if t.value is not None and t.number != trial.number
         ]
-        done.append((trial.number, judged_params(trial.params), self.best))
-        verdict = low_miou_outliers(done).get(trial.number)
+        done.append(outcome_of(trial.number, judged_params(trial.params), self.best, self.rows))
+        verdict = find_outliers(done).get(trial.number)
         return {OUTLIER_LOW: verdict.evidence} if verdict is not None else {}
 
 
@@ -183,6 +196,7 @@ class Objective:
             epochs_run=result.epochs_run,
             best_epoch=result.best_epoch,
             best_miou=_finite(result.best_miou),
+            train_loss=[float(r["train/loss"]) for r in result.history if "train/loss" in r],
             wandb=_wandb_path(result.summary.get("tracking") or {}),
         )
         if result.status == "pruned":

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.checks.flags import OUTLIER_LOW, trial_level
-from harness.checks.outliers import low_miou_outliers
+from harness.checks.outliers import TrialOutcome, find_outliers, shared_traits
 from harness.config.sweep import SweepSpec
 from harness.sweep.attrs import attrs_of
-from harness.sweep.objective import fmt_value, judged_params
+from harness.sweep.objective import fmt_value, judged_params, outcome
 
 
 def trials_of(study: Any) -> list[Any]:
@@ -34,12 +34,8 @@ def done_count(trials: Sequence[Any]) -> int:
 def study_outliers(trials: Sequence[Any]) -> dict[int, str]:
     """``outlier:low-miou`` evidence by trial number, from the study's finished trials as they
     are now (a pure function of them: recomputed, never stale, as the study grows)."""
-    done = [
-        (t.number, judged_params(t.params), float(t.value))
-        for t in trials
-        if t.state.name == "COMPLETE" and t.value is not None
-    ]
-    return {key: o.evidence for key, o in low_miou_outliers(done).items()}
+    done = [outcome(t) for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    return {key: o.evidence for key, o in find_outliers(done).items()}
 
 
 def trial_flags(trial: Any, outliers: Mapping[int, str]) -> list[str]:
@@ -83,6 +79,17 @@ def record_outliers(study: Any, trials: Sequence[Any]) -> None:
     longer be changed in Optuna): ``{"<number>": "mIoU 0.03, neighbours predict ..."}``."""
     outliers = study_outliers(trials)
     study.set_user_attr("outliers", {str(n): ev for n, ev in sorted(outliers.items())})
+
+
+def flagged_traits(trials: Sequence[Any]) -> list[str]:
+    """What the flagged finished trials share that few unflagged ones do, in sentences
+    (``all 4 flagged trials have encoder_bn=True (2 of 20 unflagged do)``): how a bug that hits
+    one code path shows itself. Empty below two flagged trials."""
+    outliers = study_outliers(trials)
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    flagged = {t.number for t in done if trial_flags(t, outliers)}
+    records = [TrialOutcome(t.number, judged_params(t.params), float(t.value)) for t in done]
+    return shared_traits(flagged, records)
 
 
 def trial_rows(trials: Sequence[Any], param_names: Sequence[str]) -> list[list[Any]]:

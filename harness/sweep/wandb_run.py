@@ -14,7 +14,13 @@ from harness.config.sweep import SweepSpec
 from harness.secrets import redact
 from harness.sweep.attrs import attrs_of
 from harness.sweep.study import jsonable_spec
-from harness.sweep.view import best_trial, study_outliers, trial_evidence, trial_flags
+from harness.sweep.view import (
+    best_trial,
+    flagged_traits,
+    study_outliers,
+    trial_evidence,
+    trial_flags,
+)
 from harness.tracking.wandb import resolve_mode, wandb_env
 
 TABLE_COLUMNS = (
@@ -103,6 +109,7 @@ def log_study_run(
             run.summary["best/val_mIoU"] = best.value if best else None
             run.summary["best/trial"] = best.number if best else None
             run.summary["outliers"] = {str(n): ev for n, ev in sorted(outliers.items())}
+            run.summary["flagged_share"] = flagged_traits(trials)
             run.finish()
             if mode == "online":
                 retag_online_runs(trials, outliers, wandb.Api())

@@ -1,7 +1,20 @@
+import math
 import random
 
+import numpy as np
+import pytest
+
+from harness.bench import outliers as bench
 from harness.checks.flags import OUTLIER_LOW
-from harness.checks.outliers import low_miou_outliers
+from harness.checks.outliers import (
+    TrialOutcome,
+    _trimmed_centre_scale,
+    _weighted_distances,
+    find_outliers,
+    low_miou_outliers,
+    outcome_of,
+    shared_traits,
+)
 
 
 def _study(n, seed=0, noise=0.02):
@@ -26,9 +39,23 @@ def test_planted_low_trial_is_flagged_with_evidence():
     assert OUTLIER_LOW == "outlier:low-miou"
 
 
+def _outcomes(trials):
+    return [TrialOutcome(k, p, v) for k, p, v in trials]
+
+
 def test_pure_noise_raises_no_flag():
     for seed in range(20):
         assert low_miou_outliers(_study(15, seed=seed, noise=0.02)) == {}
+        assert find_outliers(_outcomes(_study(15, seed=seed, noise=0.02))) == {}
+
+
+def test_v2_flags_the_planted_trial_with_plain_evidence_and_not_below_five():
+    trials = _outcomes(_study(12))
+    trials[5] = TrialOutcome(5, trials[5].params, 0.03)
+    found = find_outliers(trials)
+    assert set(found) == {5}
+    assert found[5].evidence.startswith("mIoU 0.03, neighbours predict 0.3")
+    assert find_outliers(trials[:4]) == {}
 
 
 def test_works_from_five_trials_and_not_below():
@@ -156,3 +183,182 @@ def test_online_runs_are_retagged_with_the_current_verdict_offline_ones_left():
     assert runs["me/harness/a"].tags == ["study:s", OUTLIER_LOW]
     assert runs["me/harness/b"].tags == ["study:s"]
     assert retag_online_runs(trials, {0: "low"}, Api()) == 0  # nothing left to change
+
+
+# --- v2 on simulated studies (harness/bench/outliers.py): the issue's targets ---------------------
+
+
+def _measured(name, n, studies, seed=7):
+    (scenario,) = [s for s in bench.SCENARIOS if s.name == name]
+    detectors = {"v2": bench.v2}
+    return bench.measure(scenario, n, studies, seed, detectors)["v2"]
+
+
+@pytest.mark.parametrize("name", ["no bug", "no bug, divergence x4"])
+def test_no_bug_studies_with_stuck_regions_and_divergence_raise_at_most_1pct_false_flags(name):
+    for n, studies in ((12, 60), (24, 30)):
+        assert _measured(name, n, studies).false_flags <= 0.01, n
+
+
+@pytest.mark.parametrize("share, target", [("10%", 0.9), ("25%", 0.9), ("50%", 0.7)])
+def test_severe_bugs_are_found_at_any_share(share, target):
+    cell = _measured(f"severe {share}", 24, 30)
+    assert cell.recall >= target and cell.false_flags <= 0.01
+    if share == "25%":  # 12 trials: >= 0.7
+        cell = _measured("severe 25%", 12, 60)
+        assert cell.recall >= 0.7 and cell.false_flags <= 0.01
+
+
+@pytest.mark.parametrize("share", ["10%", "25%"])
+def test_moderate_bugs_are_found_at_10_and_25pct(share):
+    cell = _measured(f"moderate {share}", 24, 40)
+    assert cell.recall >= 0.7 and cell.false_flags <= 0.01
+
+
+@pytest.mark.parametrize("name", ["severe region enc+dec BN", "severe region fcn BN"])
+def test_a_bug_in_one_region_is_found(name):
+    cell = _measured(name, 24, 30)
+    assert cell.recall >= 0.8 and cell.false_flags <= 0.01
+
+
+def test_v2_beats_v1_where_v1_falls_apart():
+    (scenario,) = [s for s in bench.SCENARIOS if s.name == "severe 25%"]
+    cells = bench.measure(scenario, 24, 20, 3, {"v1": bench.v1, "v2": bench.v2})
+    assert cells["v1"].recall < 0.5 < 0.9 <= cells["v2"].recall
+
+
+def test_a_diverged_trial_is_not_flagged_but_a_flat_loss_is():
+    rng = np.random.default_rng(1)
+    trials, _, _ = bench.simulate_study(24, bench.SCENARIOS[0], rng)
+    learner = next(t for t in trials if t.params["decoder_bn"])
+    rose = (1.7, 1.2, 1.0, 1.4, 1.9)  # fell, then rose back above its first epoch: diverged
+    flat = (1.7, 1.69, 1.68, 1.68, 1.67)  # a decoder that never moves
+    for curve, flagged in ((rose, False), (flat, True)):
+        t = TrialOutcome(learner.number, learner.params, 0.04, learner.majority_miou, curve)
+        judged = [t if x.number == t.number else x for x in trials]
+        assert (t.number in find_outliers(judged)) is flagged
+        if flagged:
+            text = find_outliers(judged)[t.number].evidence
+            assert "below the majority-class level 0.085 that" in text
+            assert "its training loss ended at 1.67 while neighbours reached" in text
+
+
+def test_500_trials_are_judged_in_one_call():
+    trials, _, _ = bench.simulate_study(500, bench.SCENARIOS[2], np.random.default_rng(0))
+    found = find_outliers(trials)
+    assert found and all(isinstance(o.evidence, str) for o in found.values())
+
+
+# --- brute-force references for the computations inside v2 --------------------------------------
+
+
+def test_weighted_distances_match_a_plain_loop():
+    rng = random.Random(4)
+    trials = [
+        TrialOutcome(
+            i,
+            {"lr": 10 ** rng.uniform(-3.5, -2), "bn": rng.random() < 0.5, "opt": rng.choice("ab")},
+            0.0,
+        )
+        for i in range(9)
+    ]
+    values = np.array([0.3 if t.params["bn"] else 0.1 for t in trials]) + [
+        rng.gauss(0, 0.01) for _ in trials
+    ]
+    dist = _weighted_distances(trials, values, 0.75, 4.0)
+    spread = max(np.quantile(values, 0.9) - np.quantile(values, 0.1), 0.01)
+
+    def weight(groups):
+        levels = [np.quantile(values[g], 0.75) for g in groups if len(g) >= 2]
+        return 1 + 4 * min(1, (max(levels) - min(levels)) / spread)
+
+    logs = [math.log10(t.params["lr"]) for t in trials]
+    order = sorted(range(9), key=lambda i: logs[i])
+    w_lr = weight([order[0:3], order[3:6], order[6:9]])
+    w_bn = weight([[i for i, t in enumerate(trials) if t.params["bn"] is b] for b in (False, True)])
+    w_opt = weight([[i for i, t in enumerate(trials) if t.params["opt"] == c] for c in "ab"])
+    for i, a in enumerate(trials):
+        for j, b in enumerate(trials):
+            if i == j:
+                assert dist[i, j] == math.inf
+                continue
+            x = (logs[i] - logs[j]) / (max(logs) - min(logs))
+            total = (w_lr * x) ** 2 + (w_bn * (a.params["bn"] - b.params["bn"])) ** 2
+            total += (w_opt * (a.params["opt"] != b.params["opt"])) ** 2
+            assert dist[i, j] == pytest.approx(math.sqrt(total))
+    assert w_bn > 4 > w_opt  # the parameter that splits the study counts most
+
+
+def test_trimmed_scale_matches_a_plain_loop():
+    rng = random.Random(2)
+    residuals = [rng.gauss(0, 0.01) for _ in range(40)] + [-0.1] * 12  # a mode of broken trials
+    kept = residuals
+    for _ in range(4):
+        centre = float(np.median(kept))
+        scale = 1.4826 * float(np.median([abs(r - centre) for r in kept]))
+        kept = [r for r in residuals if r >= centre - 3.5 * scale]
+    assert _trimmed_centre_scale(np.array(residuals), 3.5) == pytest.approx((centre, scale))
+    assert min(kept) > -0.05 and scale < 0.015  # the broken mode does not inflate the scale
+    assert _trimmed_centre_scale(np.array([0.1, math.nan]), 3.5) == (0.0, 0.0)
+
+
+def test_outcome_of_reads_the_metrics_rows():
+    rows = [
+        {"train/loss": 1.7, "val/majority_mIoU": 0.0854},
+        {"train/loss": float("nan")},
+        {"train/loss": 1.2, "val/mIoU": 0.1},
+    ]
+    t = outcome_of(3, {"lr": 1e-3}, 0.12, rows)
+    assert (t.majority_miou, t.train_loss) == (0.0854, (1.7, 1.2))
+    assert outcome_of(3, {}, 0.1).train_loss == () and outcome_of(3, {}, 0.1).majority_miou is None
+
+
+# --- which flagged trials look alike -----------------------------------------------------------
+
+
+def _grid(n=24):
+    """encoder_bn x decoder_bn balanced (6 trials each), fcn_bn only on trials 0-4."""
+    rng = random.Random(0)
+    return [
+        TrialOutcome(
+            i,
+            {
+                "lr": 10 ** rng.uniform(-3.5, -2),
+                "encoder_bn": i % 2 == 0,
+                "decoder_bn": (i // 2) % 2 == 0,
+                "fcn_bn": i < 5,
+            },
+            0.1,
+        )
+        for i in range(n)
+    ]
+
+
+def test_shared_traits_name_the_value_all_flagged_trials_have():
+    assert shared_traits({0, 1, 2, 3}, _grid()) == [
+        "all 4 flagged trials have fcn_bn=True (1 of 20 unflagged do)"
+    ]
+
+
+def test_shared_traits_name_a_region_of_two_values_when_no_single_one_separates():
+    trials = _grid()
+    region = {t.number for t in trials if t.params["encoder_bn"] and t.params["decoder_bn"]}
+    assert shared_traits(region, trials) == [
+        "all 6 flagged trials have decoder_bn=True and encoder_bn=True (0 of 18 unflagged do)"
+    ]
+
+
+def test_shared_traits_find_a_numeric_range_rounded_to_hold_every_flagged_trial():
+    trials = _grid()
+    top = sorted(trials, key=lambda t: t.params["lr"])[-3:]
+    (text,) = shared_traits({t.number for t in top}, trials)
+    assert text.startswith("all 3 flagged trials have lr >= ") and "e-3" in text
+    assert text.endswith("(0 of 21 unflagged do)")
+    assert float(text.split(">= ")[1].split(" ")[0]) <= min(t.params["lr"] for t in top)
+
+
+def test_shared_traits_need_two_flagged_trials_and_a_trait_that_separates():
+    trials = _grid()
+    assert shared_traits({5}, trials) == []
+    assert shared_traits({5, 6}, trials) == []  # they share nothing that few others have
+    assert shared_traits(set(range(24)), trials) == []  # nobody unflagged to compare with

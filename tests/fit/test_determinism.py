@@ -39,7 +39,14 @@ from harness.cli import main
 REFERENCE = Path(__file__).parent / "reference" / "pin64"
 # on the CPU a re-run is bit-identical; this only absorbs another CPU's float noise
 TOLERANCE = {"rel": 1e-4, "abs": 1e-6}
-RUN_FILES = {"config.yaml", "dataset.json", "audit.json", "metrics.jsonl", "summary.json", "best.pt"}
+RUN_FILES = {
+    "config.yaml",
+    "dataset.json",
+    "audit.json",
+    "metrics.jsonl",
+    "summary.json",
+    "best.pt",
+}
 
 
 def _rows(path: Path) -> list[dict]:
@@ -90,9 +97,7 @@ def test_seed0_trial_reproduces_the_recorded_metrics(tmp_path):
     for g, w in zip(got, want, strict=True):
         g = {k: v for k, v in g.items() if not k.startswith("time/")}
         assert set(g) == set(w), f"epoch {w['epoch']}: keys differ: {set(g) ^ set(w)}"
-        differ = {
-            k: (g[k], w[k]) for k in w if g[k] != pytest.approx(w[k], **TOLERANCE)
-        }
+        differ = {k: (g[k], w[k]) for k in w if g[k] != pytest.approx(w[k], **TOLERANCE)}
         assert not differ, f"epoch {w['epoch']}: (got, recorded) differ: {differ}"
 
     summary = json.loads((run / "summary.json").read_text())

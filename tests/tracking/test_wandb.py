@@ -13,8 +13,6 @@ import torch
 import yaml
 
 from harness import __version__
-from harness.tracking import base as tracking_base
-from harness.tracking import wandb as tracking_wandb
 from harness.cli import main
 from harness.config import FLAT_KEYS, with_overrides
 from harness.data.dataset import fixed_val_indices
@@ -23,6 +21,8 @@ from harness.fit import Callback, StopTrial, fit
 from harness.fit.record import read_metrics
 from harness.models import build_model
 from harness.tracking import MaskPanel, WandbTracker
+from harness.tracking import base as tracking_base
+from harness.tracking import wandb as tracking_wandb
 from harness.tracking.wandb import AUDIT_TABLE_KEY, MEDIA_KEY
 
 SECRET = "local-" + "s3cr3t" * 8  # a well-formed API key that must never be written anywhere
