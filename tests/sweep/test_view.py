@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from harness.cli import _print_trials, _console
+from harness.cli import _console, _print_trials
 from harness.sweep.view import flagged_traits
 
 DIST = {
