@@ -41,6 +41,7 @@ Say = Callable[[str], None]
 
 # flat W&B config key -> dotted TrialConfig field: what parallel-coordinates panels plot
 FLAT_KEYS: dict[str, str] = {
+    "model": "model.name",
     "lr": "optim.lr",
     "f_lr": "optim.f_lr",
     "encoder_bn": "model.encoder_bn",
