@@ -21,6 +21,7 @@ from rich.console import Console
 from harness import __version__
 from harness.config import (
     INJECTABLE_BUGS,
+    MODELS,
     OPTIMIZERS,
     OVERLAP_POLICIES,
     SCHEDULERS,
@@ -67,6 +68,9 @@ def trial(
     data: Annotated[
         str | None,
         typer.Option(help="COCO folder or annotation file; default: the built-in dataset."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model (" + ", ".join(MODELS) + "); default deconvnet.")
     ] = None,
     lr: Annotated[float | None, typer.Option(help="lr of the FCN, decoder and head.")] = None,
     f_lr: Annotated[
@@ -173,7 +177,7 @@ def trial(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
-    """Train one DeconvNet trial and record it under runs/NAME/."""
+    """Train one trial (DeconvNet, or DeepLab v1 with --model deeplabv1) under runs/NAME/."""
     cfg = load_config(config) if config is not None else TrialConfig()
     overrides: dict[str, Any] = {
         "name": name or time.strftime("trial-%Y%m%d-%H%M%S"),
@@ -185,6 +189,7 @@ def trial(
         "data.cache_dir": str(cache_dir) if cache_dir is not None else None,
         "data.image_size": image_size,
         "data.num_workers": num_workers,
+        "model.name": model,
         "model.encoder_bn": encoder_bn,
         "model.fcn_bn": fcn_bn,
         "model.decoder_bn": decoder_bn,

@@ -21,6 +21,7 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
+    Option("model", "model.name"),
     Option("lr", "optim.lr", log=True),
     Option("f_lr", "optim.f_lr", log=True),
     Option("encoder_bn", "model.encoder_bn", bn_switch=True),

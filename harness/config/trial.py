@@ -23,7 +23,7 @@ from harness.errors import ConfigError
 OVERLAP_POLICIES = ("max-class", "area-desc", "ignore")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "poly")
-MODELS = ("deconvnet",)
+MODELS = ("deconvnet", "deeplabv1")  # deeplabv1: DeepLab v1 LargeFOV (models/deeplabv1.py)
 INJECTABLE_BUGS = (
     "encoder-only-optimizer",  # the story's optimiser: FCN, decoder and head never stepped
     "frozen-decoder",  # decoder requires_grad=False by mistake
@@ -65,14 +65,16 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "deconvnet"
+    name: str = "deconvnet"  # or deeplabv1
     encoder_bn: bool = True
     fcn_bn: bool = True
-    decoder_bn: bool = True
+    decoder_bn: bool = True  # deeplabv1: ignored (its decoder is the classifier alone)
     width: float = 0.125  # channel multiplier; 1.0 is the paper's VGG16
-    fc_channels: int = 128  # paper: 4096
-    fc_kernel: int = 3  # paper: 7
-    dropout: float = 0.0  # Dropout2d after fc6/fc7 (the course notebook used 0.5)
+    fc_channels: int = 128  # paper: 4096 (DeconvNet), 1024 (DeepLab v1 LargeFOV)
+    fc_kernel: int = 3  # fc6's kernel; paper: 7 (DeconvNet), 3 with dilation 12 (DeepLab v1)
+    # after fc6/fc7: Dropout2d in DeconvNet (the course notebook used 0.5), elementwise Dropout in
+    # DeepLab v1 (paper 0.5)
+    dropout: float = 0.0
     pretrained: bool = False  # torchvision ImageNet weights for the encoder
     weights_path: str | None = None  # a local state dict for the encoder (or the whole model)
 
@@ -85,6 +87,8 @@ class ModelConfig:
             fail("model.fc_channels", self.fc_channels, "must be >= 1")
         if self.fc_kernel < 1:
             fail("model.fc_kernel", self.fc_kernel, "must be >= 1")
+        if self.name == "deeplabv1" and self.fc_kernel % 2 == 0:
+            fail("model.fc_kernel", self.fc_kernel, "must be odd for deeplabv1 (paper: 3)")
         if not 0.0 <= self.dropout < 1.0:
             fail("model.dropout", self.dropout, "must be in [0, 1)")
         if self.pretrained and self.width != 1.0:
@@ -188,8 +192,9 @@ class TrialConfig:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
             fail("name", self.name, "must be letters, digits, '.', '_' or '-' (a folder name)")
+        # DeconvNet's fc6 has no padding; DeepLab v1's is padded and fits any size (>= 32 here)
         side = encoder_output_size(self.data.image_size)
-        if side < self.model.fc_kernel:
+        if self.model.name == "deconvnet" and side < self.model.fc_kernel:
             fail(
                 "data.image_size",
                 self.data.image_size,

@@ -12,18 +12,21 @@ from harness.models.deconvnet import (
     load_pretrained,
     load_weights,
 )
+from harness.models.deeplabv1 import DeepLabV1, build_deeplabv1
 
 __all__ = [
     "MODEL_PARTS",
     "DeconvNet",
+    "DeepLabV1",
     "build_model",
     "encoder_state_from_vgg",
     "load_pretrained",
     "load_weights",
 ]
 
-# Top-level submodules every model has; their parameters partition model.parameters(), so
-# optimizer groups and per-part monitors can be built from these names.
+# Top-level submodules a model may have; those it has partition model.parameters(), so optimizer
+# groups and per-part monitors can be built from these names. Every model has encoder, fcn and
+# decoder; DeconvNet adds head (its classifier), DeepLab v1 keeps its classifier in decoder.
 MODEL_PARTS = ("encoder", "fcn", "decoder", "head")
 
 
@@ -35,4 +38,6 @@ def build_model(cfg: ModelConfig, num_classes: int, *, progress: bool = True) ->
     """
     if cfg.name == "deconvnet":
         return build_deconvnet(cfg, num_classes, progress=progress)
+    if cfg.name == "deeplabv1":
+        return build_deeplabv1(cfg, num_classes, progress=progress)
     raise ValueError(f"model.name={cfg.name!r}: no such model")  # ModelConfig already checks

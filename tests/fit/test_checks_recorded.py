@@ -104,9 +104,7 @@ def _trial_args(tiny_data: Path, tmp_path: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_refused_trial_leaves_nothing_that_blocks_the_fixed_command(
-    tiny_data, tmp_path, capsys
-):
+def test_a_refused_trial_leaves_nothing_that_blocks_the_fixed_command(tiny_data, tmp_path, capsys):
     run_dir = tmp_path / "runs" / "again"
     rc = main(_trial_args(tiny_data, tmp_path, "--weights", "/nonexistent.pt"))
     err = capsys.readouterr().err
