@@ -21,7 +21,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlparse
 
 import torch
@@ -205,6 +205,9 @@ class DeconvNet(nn.Module):
         return self.head(x)
 
 
+_M = TypeVar("_M", bound=nn.Module)
+
+
 def build_deconvnet(cfg: ModelConfig, num_classes: int, *, progress: bool = True) -> DeconvNet:
     model = DeconvNet(
         num_classes,
@@ -216,6 +219,12 @@ def build_deconvnet(cfg: ModelConfig, num_classes: int, *, progress: bool = True
         decoder_bn=cfg.decoder_bn,
         dropout=cfg.dropout,
     )
+    return apply_weights(model, cfg, progress=progress)
+
+
+def apply_weights(model: _M, cfg: ModelConfig, *, progress: bool = True) -> _M:
+    """ImageNet VGG16(-BN) weights into the encoder (``cfg.pretrained``), or a local state dict
+    (``cfg.weights_path``), or nothing: the same for every VGG16-based model."""
     if cfg.pretrained:
         load_pretrained(model, batch_norm=cfg.encoder_bn, progress=progress)
     elif cfg.weights_path:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.config import ModelConfig
-from harness.models.deconvnet import VGG16_LAYOUT, _ch, load_pretrained, load_weights
+from harness.models.deconvnet import VGG16_LAYOUT, _ch, apply_weights
 
 __all__ = [
     "FC6_DILATION",
@@ -166,8 +166,4 @@ def build_deeplabv1(cfg: ModelConfig, num_classes: int, *, progress: bool = True
         dropout=cfg.dropout,
     )
     # the encoder's features mirror torchvision's VGG16(-BN) exactly as DeconvNet's do
-    if cfg.pretrained:
-        load_pretrained(model, batch_norm=cfg.encoder_bn, progress=progress)
-    elif cfg.weights_path:
-        load_weights(model, cfg.weights_path)
-    return model
+    return apply_weights(model, cfg, progress=progress)

@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
 from harness.config import OVERLAP_POLICIES
 from harness.data.coco import load_coco
@@ -32,38 +30,15 @@ from harness.palette import class_palette
 from harness.progress import bar
 from harness.report.eda_plots import (
     PNGS,
+    fmt_compact,
+    pct,
     plot_classes,
     plot_matrix,
     plot_policies,
     plot_samples,
     plot_sizes,
 )
-from harness.report.html import Html, esc, inline_png, save_png, table
-
-_POLICY_COLOURS = {"max-class": "#4c72b0", "area-desc": "#dd8452", "ignore": "#8c8c8c"}
-_DPI = 110
-
-
-def _fmt(n: float) -> str:
-    """1234 -> 1.2k, 3456789 -> 3.5M: compact numbers for chart labels and tables."""
-    n = float(n)
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.1f}{suffix}"
-    return f"{n:.0f}"
-
-
-def _pct(part: float, whole: float) -> str:
-    return f"{100 * part / whole:.2f}%" if whole else "-"
-
-
-def _compact(axis: Any) -> None:
-    axis.set_major_formatter(FuncFormatter(lambda v, _: _fmt(v)))
-
-
-def _save(fig: Figure, path: Path) -> None:
-    save_png(fig, path, _DPI)
-
+from harness.report.html import Html, esc, inline_png, table
 
 # --- HTML ------------------------------------------------------------------------------------
 
@@ -97,9 +72,9 @@ def _answer(stats: Mapping[str, Any]) -> str:
         )
     else:
         top = vis["changes"][:3]
-        moves = ", ".join(f"{c[a]} → {c[b]} ({_fmt(c['pixels'])} px)" for c in top)
+        moves = ", ".join(f"{c[a]} → {c[b]} ({fmt_compact(c['pixels'])} px)" for c in top)
         verdict = (
-            f"<b>Yes.</b> {ov['multi_class_pixels']:,} pixels ({_pct(ov['multi_class_pixels'], fg)}"
+            f"<b>Yes.</b> {ov['multi_class_pixels']:,} pixels ({pct(ov['multi_class_pixels'], fg)}"
             f" of object pixels) in {ov['images_with_class_overlap']:,} of {stats['images']:,} "
             f"images lie under two or more classes. "
             + (
@@ -113,7 +88,7 @@ def _answer(stats: Mapping[str, Any]) -> str:
         )
     return (
         f'<div class="answer"><b>Can a pixel carry several labels?</b> '
-        f"{ov['multi_annotation_pixels']:,} pixels ({_pct(ov['multi_annotation_pixels'], fg)} of "
+        f"{ov['multi_annotation_pixels']:,} pixels ({pct(ov['multi_annotation_pixels'], fg)} of "
         f"object pixels) are covered by two or more annotations, in "
         f"{ov['images_with_overlap']:,} images. {verdict}</div>"
     )
@@ -174,7 +149,7 @@ def _classtable(stats: Mapping[str, Any], palette: np.ndarray) -> str:
                 c["images"],
                 c["instance_pixels"],
                 *(px[p] for p in OVERLAP_POLICIES),
-                _pct(px["max-class"], fg) if c["index"] else "-",
+                pct(px["max-class"], fg) if c["index"] else "-",
                 c["small"],
                 c["medium"],
                 c["large"],
@@ -200,7 +175,7 @@ def _policy_tables(stats: Mapping[str, Any]) -> str:
     out = []
     fg = stats["overlap"]["foreground_pixels"]
     rows = [
-        [f"{p['a']} vs {p['b']}", p["pixels"], _pct(p["pixels"], fg), p["images"]]
+        [f"{p['a']} vs {p['b']}", p["pixels"], pct(p["pixels"], fg), p["images"]]
         for p in stats["policies"]["pairs"]
     ]
     out.append(
@@ -300,17 +275,17 @@ def write_report(result: EdaResult, out: Path, settings: Mapping[str, Any] | Non
             + table(
                 ["", "pixels", "of object pixels", "images"],
                 [
-                    ["covered by ≥ 1 annotation (object pixels)", fg, _pct(fg, fg), "-"],
+                    ["covered by ≥ 1 annotation (object pixels)", fg, pct(fg, fg), "-"],
                     [
                         "covered by ≥ 2 annotations",
                         ov["multi_annotation_pixels"],
-                        _pct(ov["multi_annotation_pixels"], fg),
+                        pct(ov["multi_annotation_pixels"], fg),
                         ov["images_with_overlap"],
                     ],
                     [
                         "covered by ≥ 2 different classes",
                         ov["multi_class_pixels"],
-                        _pct(ov["multi_class_pixels"], fg),
+                        pct(ov["multi_class_pixels"], fg),
                         ov["images_with_class_overlap"],
                     ],
                 ],

@@ -36,7 +36,7 @@ _POLICY_COLOURS = {"max-class": "#4c72b0", "area-desc": "#dd8452", "ignore": "#8
 _DPI = 110
 
 
-def _fmt(n: float) -> str:
+def fmt_compact(n: float) -> str:
     """1234 -> 1.2k, 3456789 -> 3.5M: compact numbers for chart labels and tables."""
     n = float(n)
     for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -45,12 +45,12 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _pct(part: float, whole: float) -> str:
+def pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:.2f}%" if whole else "-"
 
 
 def _compact(axis: Any) -> None:
-    axis.set_major_formatter(FuncFormatter(lambda v, _: _fmt(v)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt_compact(v)))
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -84,7 +84,7 @@ def plot_classes(stats: Mapping[str, Any], names: Sequence[str], path: Path) -> 
     fg = stats["overlap"]["foreground_pixels"]
     ax2.barh(y, px, color="#55a868")
     for k, v in enumerate(px):
-        ax2.text(v, k, f" {_fmt(v)} ({_pct(v, fg)})", va="center", fontsize=8)
+        ax2.text(v, k, f" {fmt_compact(v)} ({pct(v, fg)})", va="center", fontsize=8)
     ax2.set_title("labelled pixels per class (max-class policy; share of object pixels)")
     _compact(ax2.xaxis)
     for ax in (ax1, ax2):
@@ -140,7 +140,7 @@ def plot_matrix(
                     ax.text(
                         j,
                         i,
-                        _fmt(m[i, j]),
+                        fmt_compact(m[i, j]),
                         ha="center",
                         va="center",
                         fontsize=7,
