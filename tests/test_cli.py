@@ -65,6 +65,14 @@ def test_injected_bug_warns_loudly(tiny_data, tmp_path, monkeypatch, capsys):
         (["trial", "--epochs", "0"], "error: train.epochs=0: must be >= 1"),
         (["trial", "--overlap", "union"], "error: data.overlap='union': must be one of"),
         (["trial", "--image-size", "64"], "error: data.image_size=64: five pools leave 2x2"),
+        (
+            ["trial", "--model", "unet"],
+            "error: model.name='unet': must be one of deconvnet, deeplab",
+        ),
+        (
+            ["trial", "--model", "deeplabv1", "--fc-kernel", "4"],
+            "error: model.fc_kernel=4: must be odd for deeplabv1",
+        ),
         (["trial", "--inject-bug", "nope"], "error: train.inject_bug='nope': must be one of"),
         (["trial", "--config", "missing.yaml"], "error: missing.yaml: cannot read config file"),
         (["trial", "--lr", "abc"], "error: Invalid value for '--lr'"),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torchvision
+import yaml
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
@@ -275,3 +277,27 @@ def test_audit_catches_the_story_bug() -> None:
     optimizer = build_buggy_optimizer(model, OptimConfig(), "encoder-only-optimizer")
     codes = {f.code for f in audit_param_groups(model, optimizer).findings}
     assert {"missing:fcn", "missing:decoder"} <= codes
+
+
+# --- a whole trial -----------------------------------------------------------------------------
+
+
+def test_trial_with_model_deeplabv1(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["trial", "--data", str(tiny_data), "--out", str(tmp_path / "runs"), "--name", "dl"]
+    args += ["--model", "deeplabv1", "--image-size", "48", "--width", "0.0625"]
+    args += ["--fc-channels", "16", "--epochs", "1", "--batch-size", "8", "--tracking", "none"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "param-group audit: ok" in out
+    run = tmp_path / "runs" / "dl"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["name"] == "deeplabv1"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["flags"] == []
+    modules = [row["module"] for row in json.loads((run / "audit.json").read_text())["modules"]]
+    assert modules == list(PARTS)
