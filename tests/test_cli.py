@@ -23,6 +23,7 @@ def _trial_args(tiny_data, tmp_path, *extra):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_trial_end_to_end_on_a_tiny_synthetic_set(tiny_data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the default mask cache (runs/cache) lands in tmp_path
     rc = main(_trial_args(tiny_data, tmp_path, "--name", "e2e", "--lr", "2e-3", "--f-lr", "1e-3",
@@ -44,6 +45,7 @@ def test_trial_end_to_end_on_a_tiny_synthetic_set(tiny_data, tmp_path, monkeypat
     assert again["best_val_mIoU"] == summary["best_val_mIoU"]
 
 
+@pytest.mark.slow
 def test_injected_bug_warns_loudly(tiny_data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     rc = main(_trial_args(tiny_data, tmp_path, "--inject-bug", "encoder-only-optimizer"))
@@ -108,6 +110,7 @@ def test_bad_data_folder_names_the_file(tmp_path, monkeypatch, capsys):
     assert "train.json" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_console_script_exits_2_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "harness.cli", "trial", "--lr", "-1"],
@@ -137,6 +140,7 @@ def test_synth_writes_a_dataset(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_only_runs_the_named_benchmark(capsys):
     assert main(["bench", "--quick", "--only", "a"]) == 0
     out = capsys.readouterr().out

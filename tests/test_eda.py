@@ -275,6 +275,7 @@ def _check_html(path: Path) -> str:
     return text
 
 
+@pytest.mark.slow
 def test_report_for_a_single_file_layout(tmp_path: Path) -> None:
     root = _write_single(tmp_path / "data")
     result, html = run_eda(root, tmp_path / "eda", val_fraction=0.34, cache_dir=None)
@@ -329,6 +330,7 @@ def test_report_for_a_single_file_layout(tmp_path: Path) -> None:
     assert result.splits["all"].images == 6
 
 
+@pytest.mark.slow
 def test_report_for_the_builtin_dataset_reads_the_mask_cache(tmp_path: Path) -> None:
     root = generate(tmp_path / "synth", seed=1, n_train=14, n_val=6, n_test=3, size=64)
     dataset = load_coco(root)
@@ -359,6 +361,7 @@ def test_report_for_the_builtin_dataset_reads_the_mask_cache(tmp_path: Path) -> 
 # --- CLI -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_eda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _write_single(tmp_path / "data", n=4)
     out = tmp_path / "report"
@@ -406,6 +409,7 @@ def test_dataset_name(tmp_path: Path) -> None:
     assert dataset_name(tmp_path / "fruits") == "fruits"
 
 
+@pytest.mark.slow
 def test_bench_runs_on_a_small_set(tmp_path: Path) -> None:
     root = write_bench_dataset(tmp_path / "b", n_train=6, n_val=3, size=96)
     train = json.loads((root / "train.json").read_text())

@@ -195,12 +195,14 @@ def _measured(name, n, studies, seed=7):
 
 
 @pytest.mark.parametrize("name", ["no bug", "no bug, divergence x4"])
+@pytest.mark.slow
 def test_no_bug_studies_with_stuck_regions_and_divergence_raise_at_most_1pct_false_flags(name):
     for n, studies in ((12, 60), (24, 30)):
         assert _measured(name, n, studies).false_flags <= 0.01, n
 
 
 @pytest.mark.parametrize("share, target", [("10%", 0.9), ("25%", 0.9), ("50%", 0.7)])
+@pytest.mark.slow
 def test_severe_bugs_are_found_at_any_share(share, target):
     cell = _measured(f"severe {share}", 24, 30)
     assert cell.recall >= target and cell.false_flags <= 0.01
@@ -210,17 +212,20 @@ def test_severe_bugs_are_found_at_any_share(share, target):
 
 
 @pytest.mark.parametrize("share", ["10%", "25%"])
+@pytest.mark.slow
 def test_moderate_bugs_are_found_at_10_and_25pct(share):
     cell = _measured(f"moderate {share}", 24, 40)
     assert cell.recall >= 0.7 and cell.false_flags <= 0.01
 
 
 @pytest.mark.parametrize("name", ["severe region enc+dec BN", "severe region fcn BN"])
+@pytest.mark.slow
 def test_a_bug_in_one_region_is_found(name):
     cell = _measured(name, 24, 30)
     assert cell.recall >= 0.8 and cell.false_flags <= 0.01
 
 
+@pytest.mark.slow
 def test_v2_beats_v1_where_v1_falls_apart():
     (scenario,) = [s for s in bench.SCENARIOS if s.name == "severe 25%"]
     cells = bench.measure(scenario, 24, 20, 3, {"v1": bench.v1, "v2": bench.v2})

@@ -73,6 +73,7 @@ def test_learning_check_flat_loss_and_majority_level():
     assert check_learning(stuck, math.nan).keys() == set()
 
 
+@pytest.mark.slow
 def test_fit_records_updates_and_flags_evidence_everywhere(tiny_cfg):
     cfg = with_overrides(
         tiny_cfg, {"train.inject_bug": "encoder-only-optimizer", "tracking.backend": "none"}
@@ -89,6 +90,7 @@ def test_fit_records_updates_and_flags_evidence_everywhere(tiny_cfg):
     assert row["grad_norm/decoder"] > 0
 
 
+@pytest.mark.slow
 def test_correct_trial_has_no_monitor_flags_and_monitor_can_be_off(tiny_cfg):
     cfg = with_overrides(tiny_cfg, {"tracking.backend": "none", "train.monitor_steps": 2})
     assert fit(cfg).flags == []
@@ -101,6 +103,7 @@ def test_correct_trial_has_no_monitor_flags_and_monitor_can_be_off(tiny_cfg):
     assert "updates/decoder" not in result.history[0]
 
 
+@pytest.mark.slow
 def test_stop_on_never_updated_ends_the_trial_early(tiny_cfg):
     cfg = with_overrides(
         tiny_cfg,
@@ -119,6 +122,7 @@ def test_stop_on_never_updated_ends_the_trial_early(tiny_cfg):
 
 
 @pytest.mark.parametrize("bug", [b for b in INJECTABLE_BUGS])
+@pytest.mark.slow
 def test_every_injectable_bug_is_caught_by_some_layer(tiny_cfg, bug):
     # structural bugs: the monitor sees them after the first steps; shuffled masks need the
     # learning check, which judges val mIoU from 5 epochs on
@@ -189,6 +193,7 @@ def test_mask_pairing_flags_masks_of_other_images_only():
     assert check_mask_pairing(ShiftedMasks(data[:3])) == {}  # too few to judge
 
 
+@pytest.mark.slow
 def test_shuffled_masks_flagged_before_training_and_audit_can_be_off(tiny_cfg):
     from harness.checks.flags import MASKS_MISALIGNED
 

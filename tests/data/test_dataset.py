@@ -468,6 +468,7 @@ def _epoch(ds: SegmentationDataset, seed: int) -> list[torch.Tensor]:
     return [images for images, _ in loader]
 
 
+@pytest.mark.slow
 def test_dataloader_workers_are_deterministic(tmp_path: Path) -> None:
     bundle = _bundle(tmp_path)
     first, second = _epoch(bundle.train, 0), _epoch(bundle.train, 0)

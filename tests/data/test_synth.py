@@ -104,6 +104,7 @@ def test_containment_present(root: Path) -> None:
     assert contained >= 5  # "a good share" of 30 images
 
 
+@pytest.mark.slow
 def test_deterministic(tmp_path: Path) -> None:
     params: dict[str, Any] = {"n_train": 4, "n_val": 2, "n_test": 1, "size": 48}
     a = _files(synth.generate(tmp_path / "a", seed=7, **params))

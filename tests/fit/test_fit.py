@@ -13,6 +13,7 @@ from harness.fit.record import read_metrics
 from harness.models import build_model
 
 
+@pytest.mark.slow
 def test_fit_writes_the_run_record(tiny_cfg):
     cfg = with_overrides(tiny_cfg, {"train.epochs": 2})
     result = fit(cfg)
@@ -37,6 +38,7 @@ def test_fit_writes_the_run_record(tiny_cfg):
     assert json.loads((run / "audit.json").read_text())["ok"] is True
 
 
+@pytest.mark.slow
 def test_best_checkpoint_loads_weights_only_and_reproduces_the_model(tiny_cfg):
     result = fit(tiny_cfg)
     ckpt = load_checkpoint(tiny_cfg.run_dir / "best.pt")
@@ -47,6 +49,7 @@ def test_best_checkpoint_loads_weights_only_and_reproduces_the_model(tiny_cfg):
     assert not list(tiny_cfg.run_dir.glob(".*.tmp"))  # atomic write left no temp file
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tiny_cfg):
     a = fit(tiny_cfg)
     b = fit(dataclasses.replace(tiny_cfg, name="t2"))
@@ -56,6 +59,7 @@ def test_same_seed_same_metrics(tiny_cfg):
     assert c.history[0]["train/loss"] != a.history[0]["train/loss"]
 
 
+@pytest.mark.slow
 def test_nan_loss_ends_the_trial_with_the_reason(tiny_cfg):
     cfg = with_overrides(tiny_cfg, {"optim.lr": 1e30, "optim.f_lr": 1e30, "train.epochs": 3})
     result = fit(cfg)
@@ -66,6 +70,7 @@ def test_nan_loss_ends_the_trial_with_the_reason(tiny_cfg):
     assert summary["status"] == "failed" and summary["reason"] == result.reason
 
 
+@pytest.mark.slow
 def test_story_bug_is_recorded_and_strict_aborts(tiny_cfg):
     cfg = with_overrides(tiny_cfg, {"train.inject_bug": "encoder-only-optimizer"})
     result = fit(cfg)
@@ -79,6 +84,7 @@ def test_story_bug_is_recorded_and_strict_aborts(tiny_cfg):
     assert summary["status"] == "aborted" and not (strict.run_dir / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_buggy_optimizer_leaves_decoder_untouched(tiny_cfg):
     cfg = with_overrides(tiny_cfg, {"train.inject_bug": "encoder-only-optimizer"})
     torch.manual_seed(cfg.train.seed)
@@ -90,6 +96,7 @@ def test_buggy_optimizer_leaves_decoder_untouched(tiny_cfg):
     assert not torch.equal(trained[enc], init[enc])
 
 
+@pytest.mark.slow
 def test_callback_can_stop_the_trial(tiny_cfg):
     class Prune(Callback):
         def on_epoch_end(self, epoch, row):
@@ -100,6 +107,7 @@ def test_callback_can_stop_the_trial(tiny_cfg):
     assert result.reason == "epoch 1: below the median"
 
 
+@pytest.mark.slow
 def test_run_folder_is_never_overwritten(tiny_cfg):
     fit(tiny_cfg)
     before = (tiny_cfg.run_dir / "summary.json").read_bytes()
@@ -108,6 +116,7 @@ def test_run_folder_is_never_overwritten(tiny_cfg):
     assert (tiny_cfg.run_dir / "summary.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_correct_optimizer_beats_the_story_bug(tiny_cfg):
     cfg = with_overrides(
         tiny_cfg, {"train.epochs": 6, "train.batch_size": 4, "train.checkpoint": False}

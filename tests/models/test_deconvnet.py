@@ -53,12 +53,14 @@ def vgg16_bn_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
 
 
 @pytest.mark.parametrize("size", [(96, 96), (100, 100), (128, 128), (65, 65), (97, 130)])
+@pytest.mark.slow
 def test_logits_have_input_size(size: tuple[int, int]) -> None:
     model = build(SMALL, num_classes=12)
     out = model(torch.randn(2, 3, *size))
     assert out.shape == (2, 12, *size)
 
 
+@pytest.mark.slow
 def test_backward_reaches_every_part() -> None:
     model = build(SMALL, num_classes=12)
     model(torch.randn(2, 3, 100, 100)).logsumexp(1).mean().backward()
@@ -68,6 +70,7 @@ def test_backward_reaches_every_part() -> None:
         assert any(g.abs().sum() > 0 for g in grads), part
 
 
+@pytest.mark.slow
 def test_too_small_input_says_what_works() -> None:
     model = build(SMALL, num_classes=3)
     with pytest.raises(ValueError, match=r"2x2 after five pools.*>= 65"):
@@ -79,6 +82,7 @@ def paper_model() -> nn.Module:
     return build(PAPER, num_classes=VOC_CLASSES).eval()
 
 
+@pytest.mark.slow
 def test_paper_config_has_about_252m_parameters(paper_model: nn.Module) -> None:
     n = sum(p.numel() for p in paper_model.parameters())
     # 251,793,173 with 21 classes (VOC); fc6 and fc6-deconv alone hold 205M
@@ -87,6 +91,7 @@ def test_paper_config_has_about_252m_parameters(paper_model: nn.Module) -> None:
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_paper_config_logits_have_input_size(paper_model: nn.Module) -> None:
     out = paper_model(torch.randn(1, 3, 224, 224))  # the paper's input: fc6 sees 7x7
     assert out.shape == (1, VOC_CLASSES, 224, 224)
@@ -108,6 +113,7 @@ def test_paper_config_at_competition_size(size: tuple[int, int]) -> None:
 @pytest.mark.parametrize(
     "encoder_bn,fcn_bn,decoder_bn", list(itertools.product([True, False], repeat=3))
 )
+@pytest.mark.slow
 def test_bn_switches(encoder_bn: bool, fcn_bn: bool, decoder_bn: bool) -> None:
     cfg = dataclasses.replace(SMALL, encoder_bn=encoder_bn, fcn_bn=fcn_bn, decoder_bn=decoder_bn)
     model = build(cfg, num_classes=4)
@@ -124,6 +130,7 @@ def test_bn_switches(encoder_bn: bool, fcn_bn: bool, decoder_bn: bool) -> None:
 @pytest.mark.parametrize(
     "batch_norm,pools", [(True, [6, 13, 23, 33, 43]), (False, [4, 9, 16, 23, 30])]
 )
+@pytest.mark.slow
 def test_encoder_mirrors_torchvision_layout(batch_norm: bool, pools: list[int]) -> None:
     cfg = dataclasses.replace(WIDE_ENCODER, encoder_bn=batch_norm)
     features = build(cfg, num_classes=2).encoder.features
@@ -176,6 +183,7 @@ def test_init_is_deterministic_under_seed() -> None:
 # --- weights -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_weights_path_loads_torchvision_vgg16_bn(vgg16_bn_state: tuple[Path, dict]) -> None:
     path, source = vgg16_bn_state
     model = build(dataclasses.replace(WIDE_ENCODER, weights_path=str(path)), 3)
@@ -185,6 +193,7 @@ def test_weights_path_loads_torchvision_vgg16_bn(vgg16_bn_state: tuple[Path, dic
     assert torch.equal(conv_weights(model)[0], source["features.0.weight"])
 
 
+@pytest.mark.slow
 def test_weights_path_without_num_batches_tracked(
     tmp_path: Path, vgg16_bn_state: tuple[Path, dict]
 ) -> None:
@@ -196,6 +205,7 @@ def test_weights_path_without_num_batches_tracked(
     assert torch.equal(conv_weights(model)[3], source["features.10.weight"])
 
 
+@pytest.mark.slow
 def test_weights_path_loads_plain_vgg16(tmp_path: Path) -> None:
     torch.manual_seed(2)
     features = make_layers(cfgs["D"], batch_norm=False)
@@ -211,6 +221,7 @@ def test_weights_path_loads_plain_vgg16(tmp_path: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(conv_weights(model), expected, strict=True))
 
 
+@pytest.mark.slow
 def test_weights_path_round_trips_a_harness_model(tmp_path: Path) -> None:
     torch.manual_seed(0)
     trained = build(SMALL, num_classes=4)
@@ -226,6 +237,7 @@ def test_weights_path_round_trips_a_harness_model(tmp_path: Path) -> None:
     assert torch.equal(wrapped.head.weight, trained.head.weight)
 
 
+@pytest.mark.slow
 def test_weights_path_errors_name_file_and_key(
     tmp_path: Path, vgg16_bn_state: tuple[Path, dict]
 ) -> None:
@@ -272,6 +284,7 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.mark.parametrize(
     "encoder_bn,file_name", [(True, "vgg16_bn-6c64b313.pth"), (False, "vgg16-397923af.pth")]
 )
+@pytest.mark.slow
 def test_pretrained_offline_says_how_to_fix(
     offline_hub: Path, encoder_bn: bool, file_name: str
 ) -> None:
@@ -285,6 +298,7 @@ def test_pretrained_offline_says_how_to_fix(
     assert "model.weights_path=" in message and "--no-pretrained" in message
 
 
+@pytest.mark.slow
 def test_pretrained_loads_from_the_hub_cache(
     offline_hub: Path, vgg16_bn_state: tuple[Path, dict]
 ) -> None:
@@ -297,6 +311,7 @@ def test_pretrained_loads_from_the_hub_cache(
     assert torch.equal(model.encoder.features[41].running_var, source["features.41.running_var"])
 
 
+@pytest.mark.slow
 def test_pretrained_with_a_broken_cache_file(offline_hub: Path) -> None:
     offline_hub.mkdir(parents=True)
     (offline_hub / "vgg16-397923af.pth").write_bytes(b"truncated")

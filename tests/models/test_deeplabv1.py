@@ -56,6 +56,7 @@ def convs(model: Any) -> list[nn.Conv2d]:
 
 @pytest.mark.parametrize("size", [(321, 321), (512, 512), (96, 96), (33, 47), (97, 130)])
 @torch.no_grad()
+@pytest.mark.slow
 def test_logits_have_input_size(size: tuple[int, int]) -> None:
     model = build(TINY, num_classes=12).eval()
     x = torch.randn(1, 3, *size)
@@ -67,6 +68,7 @@ def test_logits_have_input_size(size: tuple[int, int]) -> None:
 
 @torch.no_grad()
 @pytest.mark.parametrize("size", [(321, 321), (512, 512)])
+@pytest.mark.slow
 def test_paper_config_shapes(size: tuple[int, int]) -> None:
     # full width on the meta device: shapes without the compute
     with torch.device("meta"):
@@ -77,6 +79,7 @@ def test_paper_config_shapes(size: tuple[int, int]) -> None:
     assert features.shape == (1, 1024, *(-(-s // 8) for s in size))  # 41x41 at 321, 64x64 at 512
 
 
+@pytest.mark.slow
 def test_paper_config_has_about_20_5m_parameters() -> None:
     with torch.device("meta"):
         model = build(PAPER, num_classes=VOC_CLASSES)
@@ -88,6 +91,7 @@ def test_paper_config_has_about_20_5m_parameters() -> None:
     assert parts == {"encoder": 14_714_688, "fcn": 5_769_216, "decoder": 21_525}
 
 
+@pytest.mark.slow
 def test_backward_reaches_every_part() -> None:
     model = build(TINY, num_classes=5)
     model(torch.randn(2, 3, 96, 96)).logsumexp(1).mean().backward()
@@ -112,6 +116,7 @@ def test_parts_partition_the_parameters() -> None:
     assert model.decoder.classifier.out_channels == 5
 
 
+@pytest.mark.slow
 def test_layers_as_in_the_paper() -> None:
     model = build(PAPER, num_classes=VOC_CLASSES)
     pools = [m for m in model.encoder.features if isinstance(m, nn.MaxPool2d)]
@@ -145,6 +150,7 @@ def test_classifier_init_normal_std_001() -> None:
 
 
 @pytest.mark.parametrize("encoder_bn,fcn_bn", list(itertools.product([True, False], repeat=2)))
+@pytest.mark.slow
 def test_bn_switches(encoder_bn: bool, fcn_bn: bool) -> None:
     cfg = dataclasses.replace(SMALL, encoder_bn=encoder_bn, fcn_bn=fcn_bn)
     model = build(cfg, num_classes=4)
@@ -186,6 +192,7 @@ def test_width_and_fc_channels() -> None:
 
 
 @pytest.mark.parametrize("batch_norm", [True, False])
+@pytest.mark.slow
 def test_encoder_mirrors_torchvision_layout(batch_norm: bool) -> None:
     features = build(dataclasses.replace(WIDE_ENCODER, encoder_bn=batch_norm), 2).encoder.features
     reference = make_layers(cfgs["D"], batch_norm=batch_norm)  # torchvision's vgg16(_bn).features
@@ -214,6 +221,7 @@ def test_config_rules() -> None:
 # --- weights -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_weights_path_loads_torchvision_vgg16_bn(tmp_path: Path) -> None:
     torch.manual_seed(1)
     # torchvision's vgg16_bn().features layout (random values; the classifier would be ignored)
@@ -230,6 +238,7 @@ def test_weights_path_loads_torchvision_vgg16_bn(tmp_path: Path) -> None:
     assert torch.equal(convs(model)[-1].weight, source["features.40.weight"])
 
 
+@pytest.mark.slow
 def test_weights_path_loads_plain_vgg16(tmp_path: Path) -> None:
     torch.manual_seed(2)
     features = make_layers(cfgs["D"], batch_norm=False)
@@ -242,6 +251,7 @@ def test_weights_path_loads_plain_vgg16(tmp_path: Path) -> None:
         assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
 
 
+@pytest.mark.slow
 def test_pretrained_loads_from_the_hub_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -97,6 +97,7 @@ def _render(path: Path) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_report_is_self_contained(report):
     path, page = report
     srcs = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", page)
@@ -119,6 +120,7 @@ def test_report_is_self_contained(report):
     )
 
 
+@pytest.mark.slow
 def test_report_has_every_section_and_the_facts(study, report, capsys):
     _, page = report
     for key in ("history", "parallel", "importance", "bn", "curves", "flags", "per-class", "masks"):
@@ -144,6 +146,7 @@ def test_report_has_every_section_and_the_facts(study, report, capsys):
     assert "image | ground truth | prediction" in masks and "<img" in masks
 
 
+@pytest.mark.slow
 def test_report_renders_in_a_headless_browser(report):
     path, _ = report
     dom = _render(path)
@@ -152,6 +155,7 @@ def test_report_renders_in_a_headless_browser(report):
     assert state.group(1) == "ok"
 
 
+@pytest.mark.slow
 def test_the_render_check_catches_a_broken_image(report, tmp_path):
     """The check is not vacuous: an image that does not decode turns data-render into an error."""
     _, page = report
@@ -164,12 +168,14 @@ def test_the_render_check_catches_a_broken_image(report, tmp_path):
     assert "optimisation history" in state.group(1)  # the first image, the one broken
 
 
+@pytest.mark.slow
 def test_unknown_study_is_one_line_exit_2(study, capsys):
     rc = main(["report", "nope", "--out", str(study["out"])])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "study nope" in err
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_and_run_folder_are_sentences(study, capsys):
     """best.pt deleted (checkpointing off) and another trial's run folder gone: still a report."""
     best_dir = Path(study["best"].user_attrs["run_dir"])
@@ -192,6 +198,7 @@ def test_missing_checkpoint_and_run_folder_are_sentences(study, capsys):
     assert "data-render" in page
 
 
+@pytest.mark.slow
 def test_study_without_a_best_trial(tmp_path):
     """Only a failed and a pruned trial: every section says what is missing, nothing crashes."""
     url = f"sqlite:///{tmp_path / 'empty' / 'study.db'}"

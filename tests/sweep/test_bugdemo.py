@@ -69,6 +69,7 @@ def _bug(trial):
     return trial.params["inject_bug"]
 
 
+@pytest.mark.slow
 def test_every_injected_trial_is_flagged_and_no_correct_one(demo):
     spec = load_spec(demo("checked", seed=289, n_trials=8, epochs=8))  # the shipped bug mix
     trials = trials_of(run_sweep(spec))
@@ -90,6 +91,7 @@ def test_every_injected_trial_is_flagged_and_no_correct_one(demo):
     assert _bug(best) is None
 
 
+@pytest.mark.slow
 def test_study_level_detector_alone_flags_the_story_bug(demo, capsys):
     path = demo("blind", seed=51, n_trials=7, epochs=6, bugs=[None, None, STORY])
     assert main(["sweep", str(path), "--no-audit", "--no-monitor", "-q"]) == 0

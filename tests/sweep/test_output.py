@@ -40,6 +40,7 @@ def _trial_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if TRIAL_LINE.match(line)]
 
 
+@pytest.mark.slow
 def test_a_sweep_prints_one_line_per_trial(tiny_data, tmp_path, capsys):
     path = _sweep_file(tiny_data, tmp_path, {"lr": {"low": 1e-3, "high": 3e-3, "log": True}})
     assert main(["sweep", str(path)]) == 0
@@ -55,6 +56,7 @@ def test_a_sweep_prints_one_line_per_trial(tiny_data, tmp_path, capsys):
     assert "reproduce: harness trial --config" in out
 
 
+@pytest.mark.slow
 def test_the_audit_table_and_flags_appear_for_a_trial_with_findings(tiny_data, tmp_path, capsys):
     space = {"inject_bug": {"choices": [None, "encoder-only-optimizer"]}}
     path = _sweep_file(tiny_data, tmp_path, space, n_trials=4)
@@ -70,6 +72,7 @@ def test_the_audit_table_and_flags_appear_for_a_trial_with_findings(tiny_data, t
     assert out.count("WARNING param-group audit: decoder") == len(buggy)
 
 
+@pytest.mark.slow
 def test_verbose_brings_back_each_trials_full_output(tiny_data, tmp_path, capsys):
     path = _sweep_file(tiny_data, tmp_path, {"lr": {"low": 1e-3, "high": 3e-3}}, n_trials=2)
     assert main(["sweep", str(path), "--verbose"]) == 0

@@ -144,6 +144,7 @@ def test_mask_url_hides_passwords():
 # --- the study ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sweep_resume_best_yaml_and_reproduce(tiny_data, tmp_path, capsys):
     path = _write(tmp_path, _sweep_doc(tiny_data, tmp_path))
     assert main(["sweep", str(path)]) == 0
@@ -193,6 +194,7 @@ def test_sweep_resume_best_yaml_and_reproduce(tiny_data, tmp_path, capsys):
     assert f"harness trial --config {best_path}" in out and "state" in out
 
 
+@pytest.mark.slow
 def test_flagged_trials_never_become_best(tiny_data, tmp_path):
     doc = _sweep_doc(tiny_data, tmp_path, n_trials=2)
     doc["space"] = {"inject_bug": {"choices": ["encoder-only-optimizer"]}}
@@ -206,6 +208,7 @@ def test_flagged_trials_never_become_best(tiny_data, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter lr:UserWarning")
+@pytest.mark.slow
 def test_failed_trial_is_recorded_with_reason_and_the_study_goes_on(tiny_data, tmp_path):
     from harness.sweep import create_study
 
@@ -220,6 +223,7 @@ def test_failed_trial_is_recorded_with_reason_and_the_study_goes_on(tiny_data, t
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 2
 
 
+@pytest.mark.slow
 def test_two_workers_share_the_embedded_store(tiny_data, tmp_path, capsys):
     path = _write(tmp_path, _sweep_doc(tiny_data, tmp_path, n_trials=4))
     assert main(["sweep", str(path), "--workers", "2"]) == 0
@@ -241,6 +245,7 @@ def _wandb_run_record(run_dir: Path) -> dict:
     return next(r["run"] for r in map(json.loads, out.splitlines()) if r.get("type") == "run")
 
 
+@pytest.mark.slow
 def test_wandb_runs_grouped_by_study_and_a_study_run(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     doc = _sweep_doc(tiny_data, tmp_path, n_trials=1)
@@ -295,6 +300,7 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_postgres_two_workers_one_study_password_masked(tiny_data, tmp_path, postgres, capsys):
     path = _write(tmp_path, _sweep_doc(tiny_data, tmp_path, n_trials=3))
     assert main(["sweep", str(path), "--storage", postgres, "--workers", "2"]) == 0
@@ -346,6 +352,7 @@ def _wait_running(spec, proc, timeout=180.0):
     raise AssertionError("no trial started")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_retries_the_stale_trial(tiny_data, tmp_path):
     doc = _sweep_doc(tiny_data, tmp_path, n_trials=1)
     # long enough that the victim cannot finish between the poll and the kill on a fast machine
@@ -370,6 +377,7 @@ def test_sigkill_then_resume_retries_the_stale_trial(tiny_data, tmp_path):
     assert (spec.study_dir / "best.yaml").exists()
 
 
+@pytest.mark.slow
 def test_sigint_marks_the_running_trial_failed_and_exits_130(tiny_data, tmp_path):
     doc = _sweep_doc(tiny_data, tmp_path, n_trials=1)
     doc["trial"]["train"]["epochs"] = 50
@@ -389,6 +397,7 @@ def test_sigint_marks_the_running_trial_failed_and_exits_130(tiny_data, tmp_path
     assert summary["status"] == "failed" and summary["reason"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_sigint_with_two_workers_fails_both_running_trials_and_exits_130(tiny_data, tmp_path):
     doc = _sweep_doc(tiny_data, tmp_path, n_trials=2)
     doc["trial"]["train"]["epochs"] = 500
@@ -415,6 +424,7 @@ def test_sigint_with_two_workers_fails_both_running_trials_and_exits_130(tiny_da
     assert all(t.user_attrs["reason"].startswith("interrupted") for t in trials)
 
 
+@pytest.mark.slow
 def test_the_majority_floor_prunes_only_trials_that_learned_nothing(tiny_data, tmp_path):
     # the median rule cannot act here (5 start-up trials of 3): only the floor prunes
     pruner = {"name": "median", "n_startup_trials": 5, "n_warmup_epochs": 1}
@@ -440,6 +450,7 @@ def test_the_majority_floor_prunes_only_trials_that_learned_nothing(tiny_data, t
 
 
 @pytest.mark.parametrize("floor", [False, True])
+@pytest.mark.slow
 def test_pruning_benchmark_runs_both_studies(tiny_data, tmp_path, floor):
     from harness.bench.run import bench_pruning
 
@@ -469,6 +480,7 @@ def test_pruning_benchmark_runs_both_studies(tiny_data, tmp_path, floor):
 # --- dashboard ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_study(tiny_data, tmp_path):
     pytest.importorskip("optuna_dashboard")
     doc = _sweep_doc(tiny_data, tmp_path)

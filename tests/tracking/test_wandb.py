@@ -90,6 +90,7 @@ def _media(item: dict) -> dict:
     return {k.removeprefix(prefix): v for k, v in item.items() if k.startswith(prefix)}
 
 
+@pytest.mark.slow
 def test_offline_run_holds_identity_config_history_masks_and_summary(tiny_cfg):
     cfg = with_overrides(
         tiny_cfg, {"train.epochs": 2, "tracking.media_every": 5, "tracking.log_model": True}
@@ -143,6 +144,7 @@ def test_offline_run_holds_identity_config_history_masks_and_summary(tiny_cfg):
     assert local["tracking"]["mode"] == "offline" and local["tracking"]["group"] == "manual"
 
 
+@pytest.mark.slow
 def test_story_bug_is_tagged_and_a_pruned_trial_is_not_a_crash(tiny_cfg):
     class Prune(Callback):
         def on_epoch_end(self, epoch, row):
@@ -168,6 +170,7 @@ def test_story_bug_is_tagged_and_a_pruned_trial_is_not_a_crash(tiny_cfg):
     assert _media(last)["count"] == 8
 
 
+@pytest.mark.slow
 def test_failed_trials_end_failed_and_later_trials_still_log(tiny_cfg):
     class Boom(Callback):
         def on_epoch_end(self, epoch, row):
@@ -194,6 +197,7 @@ def test_failed_trials_end_failed_and_later_trials_still_log(tiny_cfg):
     assert [_norm(_metrics(h)) for h in wb["history"]] == _norm(read_metrics(later.run_dir))
 
 
+@pytest.mark.slow
 def test_none_local_and_disabled_write_no_wandb_files(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
@@ -217,6 +221,7 @@ def test_none_local_and_disabled_write_no_wandb_files(tiny_data, tmp_path, monke
     assert not (runs / "none" / "media").exists()
 
 
+@pytest.mark.slow
 def test_mask_panel_is_fixed_and_leaves_model_and_rng_untouched(tiny_cfg):
     bundle = load_data(tiny_cfg)
     panel = MaskPanel.build(bundle.val, bundle.class_names, bundle.ignore_index, k=5, batch_size=2)
@@ -233,6 +238,7 @@ def test_mask_panel_is_fixed_and_leaves_model_and_rng_untouched(tiny_cfg):
     assert torch.equal(rng, torch.get_rng_state())
 
 
+@pytest.mark.slow
 def test_start_failures_fall_back_to_offline_then_to_the_local_record(
     tiny_cfg, monkeypatch, capsys
 ):
@@ -273,6 +279,7 @@ def test_start_failures_fall_back_to_offline_then_to_the_local_record(
     assert read_metrics(third.run_dir)
 
 
+@pytest.mark.slow
 def test_wandb_error_mid_trial_leaves_the_trial_and_its_record_intact(
     tiny_cfg, monkeypatch, capsys
 ):
@@ -287,6 +294,7 @@ def test_wandb_error_mid_trial_leaves_the_trial_and_its_record_intact(
     assert read_wandb_run(tiny_cfg.run_dir)["state"] == "failed"
 
 
+@pytest.mark.slow
 def test_cli_run_falls_back_offline_writes_nothing_to_home_and_no_key(tiny_data, tmp_path):
     """A real online attempt against a closed local port (no network needed), in a fresh
     process whose home folder is empty."""
