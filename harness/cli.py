@@ -52,6 +52,8 @@ Examples:
 
     harness trial --data ../shared/data/fruits_nuts/data --image-size 128 --epochs 20
 
+    harness trial --data export/annotations.json --images export/JPEGImages
+
     harness trial --config runs/my-study/best.yaml  # reproduce a recorded config
 
     harness trial --inject-bug encoder-only-optimizer   # the story's bug, caught by the audit
@@ -68,6 +70,13 @@ def trial(
     data: Annotated[
         str | None,
         typer.Option(help="COCO folder or annotation file; default: the built-in dataset."),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Image folder, when the images are not where the layout puts them "
+            "(e.g. JPEGImages/); file_name is relative to it."
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="Model (" + ", ".join(MODELS) + "); default deconvnet.")
@@ -183,6 +192,7 @@ def trial(
         "name": name or time.strftime("trial-%Y%m%d-%H%M%S"),
         "out_dir": str(out) if out is not None else None,
         "data.root": data,
+        "data.image_root": str(images) if images is not None else None,
         "data.overlap": overlap,
         "data.val_fraction": val_fraction,
         "data.augment": augment,
@@ -273,6 +283,8 @@ Examples:
     harness eda                                     # the built-in dataset
 
     harness eda --data ../shared/data/fruits_nuts/data --out runs/eda/fruits
+
+    harness eda --data export/annotations.json --images export/JPEGImages
 """
 
 
@@ -281,6 +293,13 @@ def eda(
     data: Annotated[
         str | None,
         typer.Option(help="COCO folder or annotation file; default: the built-in dataset."),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Image folder, when the images are not where the layout puts them "
+            "(e.g. JPEGImages/); file_name is relative to it."
+        ),
     ] = None,
     out: Annotated[
         Path | None,
@@ -318,6 +337,7 @@ def eda(
         folder,
         val_fraction=defaults.val_fraction if val_fraction is None else val_fraction,
         split_seed=defaults.split_seed if split_seed is None else split_seed,
+        image_root=images,
         cache_dir=cache,
         n_samples=samples,
         progress=not quiet,

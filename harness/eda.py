@@ -453,6 +453,7 @@ class EdaResult:
             "harness_eda_version": STATS_VERSION,
             "dataset": {
                 "root": str(ds.root),
+                "image_root": str(ds.image_root) if ds.image_root is not None else None,
                 "layout": ds.layout,
                 "class_names": ds.class_names,
                 "category_to_class": {str(k): v for k, v in sorted(ds.cat_to_class.items())},

@@ -45,6 +45,9 @@ def encoder_output_size(image_size: int) -> int:
 @dataclass(frozen=True)
 class DataConfig:
     root: str | None = None  # None: the built-in synthetic dataset
+    # every split's file_name relative to this folder (COCO Annotator/labelme JPEGImages/);
+    # None: the layout's own image folders
+    image_root: str | None = None
     overlap: str = "max-class"
     val_fraction: float = 0.2  # only for a single annotation file without splits
     split_seed: int = 0

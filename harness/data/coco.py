@@ -9,6 +9,10 @@ Three layouts are detected from ``root`` (DESIGN.md section 6):
 - ``single``: exactly one ``*.json`` in ``root`` (or ``root`` is that file) and the images in the
   same folder or in ``images/`` beside it; split into train/val deterministically.
 
+With ``image_root`` (``data.image_root``, ``--images``) the images of every split are in that one
+folder instead, ``file_name`` relative to it: COCO Annotator and labelme exports keep them in
+``JPEGImages/`` with bare file names, as detectron2's and MMDetection's image root.
+
 Every problem is a :class:`~harness.errors.DataError` with a one-line message naming the file and
 the record, e.g. ``data/train.json: annotation id=17: category_id=42 is not a known category``.
 Image files are only ever opened after their path was proven to stay inside the image folder.
@@ -18,15 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from harness.data.images import escapes, images_elsewhere, pick_image_root
 from harness.data.masks import MaskFormatError, check_segmentation
 from harness.errors import DataError
 
@@ -60,6 +64,7 @@ class CocoDataset:
     class_names: list[str]  # class 0 is "background"
     cat_to_class: dict[int, int]  # COCO category id -> class index
     splits: dict[str, CocoSplit]  # "train", "val", optional "test"
+    image_root: Path | None = None  # data.image_root as given; None: each layout's own folders
 
     @property
     def num_classes(self) -> int:
@@ -93,10 +98,10 @@ class _Problems:
         if self.first is None:
             self.first = f"{self.path}: {record}: {message}"
 
-    def raise_if_any(self) -> None:
+    def raise_if_any(self, hint: str = "") -> None:
         if self.first is not None:
             more = f" (and {self.count - 1} more problems)" if self.count > 1 else ""
-            raise DataError(self.first + more)
+            raise DataError(self.first + more + hint)
 
 
 def _record(kind: str, rec: Any, index: int) -> str:
@@ -297,46 +302,16 @@ def _parse_file(path: Path, split: str) -> _File:
 # --- image files -----------------------------------------------------------------------------
 
 
-def _escapes(file_name: str) -> str | None:
-    """Why ``file_name`` cannot be a path inside the image folder, judged from the text alone."""
-    if (
-        os.path.isabs(file_name)
-        or file_name.startswith(("/", "\\"))
-        or PureWindowsPath(file_name).drive
-    ):
-        return "is an absolute path"
-    parts = PurePosixPath(file_name.replace("\\", "/")).parts
-    if ".." in parts:
-        return "leaves the image folder ('..')"
-    return None
-
-
-def _pick_image_root(candidates: tuple[Path, ...], images: list[dict[str, Any]]) -> Path | None:
-    # The folder that holds the first few images wins; None when no candidate exists at all.
-    sample = sorted(images, key=lambda im: im["id"])[:5]
-    best: tuple[int, Path] | None = None
-    for cand in candidates:
-        if not cand.is_dir():
-            continue
-        hits = sum(
-            1
-            for im in sample
-            if _escapes(im["file_name"]) is None and (cand / im["file_name"]).is_file()
-        )
-        if best is None or hits > best[0]:
-            best = (hits, cand)
-    return best[1] if best else None
-
-
 def _check_images(
     path: Path, image_root: Path, images: list[dict[str, Any]], open_files: bool
 ) -> None:
     problems = _Problems(path)
     real_root = image_root.resolve()
+    missing: list[str] = []
     for img in images:
         rec = f"image id={img['id']}"
         file_name = img["file_name"]
-        reason = _escapes(file_name)
+        reason = escapes(file_name, image_root)
         if reason is not None:
             problems.add(rec, f"file_name={file_name!r} {reason}")
             continue
@@ -349,6 +324,7 @@ def _check_images(
             continue
         if not target.is_file():
             problems.add(rec, f"image file not found: {image_root / file_name}")
+            missing.append(file_name)
             continue
         try:
             with Image.open(target) as im:  # reads the header only
@@ -362,7 +338,20 @@ def _check_images(
                 f"{file_name} is {width}x{height} on disk but the JSON says "
                 f"{img['width']}x{img['height']} (width x height)",
             )
-    problems.raise_if_any()
+    problems.raise_if_any(_missing_hint(path, image_root, missing, len(images)))
+
+
+def _missing_hint(path: Path, image_root: Path, missing: list[str], total: int) -> str:
+    # Most files missing and the first of them beside the JSON: say where the images seem to be.
+    if not missing or 2 * len(missing) < total:
+        return ""
+    folder = images_elsewhere(path, image_root, missing[0])
+    if folder is None:
+        return ""
+    return (
+        f"; {len(missing)} of {total} image files are not under {image_root}; the images seem "
+        f"to be in {folder}: pass --images {folder} (data.image_root)"
+    )
 
 
 # --- classes and splits ----------------------------------------------------------------------
@@ -427,22 +416,30 @@ def load_coco(
     val_fraction: float = 0.2,
     split_seed: int = 0,
     check_images: bool = True,
+    image_root: Path | str | None = None,
 ) -> CocoDataset:
     """Detect the layout of ``root``, validate everything and return the splits.
 
-    ``check_images=False`` skips opening image files (existence and size); paths are still
-    checked to stay inside the image folder.
+    ``image_root`` (``data.image_root``, ``--images``): every split's ``file_name`` is relative
+    to this folder instead of the layout's own. ``check_images=False`` skips opening image files
+    (existence and size); paths are still checked to stay inside the image folder.
     """
     root = Path(root)
     if not root.exists():
         raise DataError(f"{root}: dataset root does not exist")
     layout, sources = _detect_layout(root)
+    images = Path(image_root) if image_root is not None else None
+    if images is not None:
+        if not images.is_dir():
+            what = "is not a folder" if images.exists() else "does not exist"
+            raise DataError(f"{images}: image folder (--images, data.image_root) {what}")
+        sources = [_Source(src.name, src.ann_path, (images,)) for src in sources]
     files = [_parse_file(src.ann_path, src.name) for src in sources]
     class_names, cat_to_class = _class_map(files)
 
     splits: dict[str, CocoSplit] = {}
     for src, f in zip(sources, files, strict=True):
-        image_root = _pick_image_root(src.image_roots, f.images)
+        image_root = pick_image_root(src.image_roots, f.images)
         if image_root is None:
             looked = ", ".join(str(p) for p in src.image_roots)
             raise DataError(f"{src.ann_path}: no image folder found (looked for {looked})")
@@ -459,4 +456,4 @@ def load_coco(
         train_ids, val_ids = split_ids(list(by_id), val_fraction, split_seed)
         splits["train"] = _make_split("train", f, image_root, [by_id[i] for i in train_ids])
         splits["val"] = _make_split("val", f, image_root, [by_id[i] for i in val_ids])
-    return CocoDataset(root, layout, class_names, cat_to_class, splits)
+    return CocoDataset(root, layout, class_names, cat_to_class, splits, images)

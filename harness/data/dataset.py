@@ -81,19 +81,27 @@ def build_datasets(data_cfg: DataConfig, root: Path | str, *, seed: int = 0) -> 
 
     ``seed`` seeds the training augmentations (DataLoader workers reseed via ``seed_worker``).
     """
-    coco = load_coco(root, val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed)
+    coco = load_coco(
+        root,
+        val_fraction=data_cfg.val_fraction,
+        split_seed=data_cfg.split_seed,
+        image_root=data_cfg.image_root,
+    )
     cache_dir = Path(data_cfg.cache_dir)
     size = data_cfg.image_size
     train_split, val_split = coco.splits["train"], coco.splits["val"]
     train_masks = MaskCache.build(train_split, coco, data_cfg.overlap, cache_dir, IGNORE_INDEX)
     val_masks = MaskCache.build(val_split, coco, data_cfg.overlap, cache_dir, IGNORE_INDEX)
     train_tf = train_transforms(size, seed=seed) if data_cfg.augment else val_transforms(size)
-    dataset_hash = hashlib.sha256(
-        "\n".join(f"{s.name}:{s.content_hash}" for s in coco.splits.values()).encode()
-    ).hexdigest()
+    identity = [f"{s.name}:{s.content_hash}" for s in coco.splits.values()]
+    if coco.image_root is not None:  # the same annotations over another image folder differ
+        identity.append(f"image_root:{coco.image_root.resolve()}")
+    dataset_hash = hashlib.sha256("\n".join(identity).encode()).hexdigest()
     info: dict[str, Any] = {
         "root": str(coco.root),
         "layout": coco.layout,
+        "image_root": str(coco.image_root) if coco.image_root is not None else None,
+        "image_folders": {name: str(split.image_root) for name, split in coco.splits.items()},
         "num_classes": coco.num_classes,
         "n_images": {name: len(split) for name, split in coco.splits.items()},
         "n_annotations": {

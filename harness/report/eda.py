@@ -218,8 +218,10 @@ def write_report(result: EdaResult, out: Path, settings: Mapping[str, Any] | Non
 
     sections: list[str] = []
     title = f"harness eda: {dataset_name(ds.root)}"
+    image_folder = f", images in {esc(ds.image_root)}" if ds.image_root is not None else ""
     sections.append(
-        f"<h1>{esc(title)}</h1><p class='sub'>{esc(ds.root)} — layout <code>{ds.layout}</code>, "
+        f"<h1>{esc(title)}</h1><p class='sub'>{esc(ds.root)}{image_folder} — layout "
+        f"<code>{ds.layout}</code>, "
         f"{len(names) - 1} classes + background; statistics over the annotated splits "
         f"({', '.join(n for n, s in result.splits.items() if n != 'all' and s.annotated)}).</p>"
     )
@@ -346,6 +348,7 @@ def run_eda(
     *,
     val_fraction: float = 0.2,
     split_seed: int = 0,
+    image_root: Path | str | None = None,
     cache_dir: Path | str | None = "runs/cache",
     n_samples: int = 6,
     progress: bool = False,
@@ -354,14 +357,17 @@ def run_eda(
 
     Returns the result and the path of ``report.html``; ``progress`` shows a bar on a terminal
     for sets of 200 images or more. ``out_dir`` is created; the files this writes in it are
-    replaced on a rerun.
+    replaced on a rerun. ``image_root``: the images' own folder (``--images``), as in
+    :func:`~harness.data.coco.load_coco`.
     """
     if not 0.0 < val_fraction < 1.0:
         raise EdaError(f"--val-fraction={val_fraction}: must be strictly between 0 and 1")
     if n_samples < 0:
         raise EdaError(f"--samples={n_samples}: must be >= 0")
     start = time.perf_counter()
-    dataset = load_coco(root, val_fraction=val_fraction, split_seed=split_seed)
+    dataset = load_coco(
+        root, val_fraction=val_fraction, split_seed=split_seed, image_root=image_root
+    )
     loaded = time.perf_counter()
     out = Path(out_dir)
     try:
@@ -375,7 +381,9 @@ def run_eda(
         )
     result.timing = {"load": loaded - start, **result.timing}
 
-    settings = {"val_fraction": val_fraction, "split_seed": split_seed}
+    settings: dict[str, Any] = {"val_fraction": val_fraction, "split_seed": split_seed}
+    if image_root is not None:
+        settings["image_root"] = str(image_root)
     report_start = time.perf_counter()
     try:
         write_report(result, out, settings)
