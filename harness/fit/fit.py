@@ -202,6 +202,12 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
     train_loader, val_loader = make_loaders(bundle, cfg, device)
     if len(train_loader) == 0:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: no training batch fits")
+    if len(bundle.train) < 2 and _has_batchnorm(model):
+        # every batch would hold one image, and BatchNorm cannot train on a batch of one
+        raise ConfigError(
+            f"data: the training set holds {len(bundle.train)} image; a model with BatchNorm "
+            "needs at least 2 per batch (add images, or lower data.val_fraction)"
+        )
     audit_evidence = {audit_flag(f.code): f.message for f in audit.findings}
     return FitState(
         cfg=cfg,
@@ -217,6 +223,10 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
         evidence=audit_evidence | evidence,
         best_iou=[math.nan] * len(bundle.class_names),
     )
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _print_audit(console: Console, state: FitState, verbose: bool) -> None:

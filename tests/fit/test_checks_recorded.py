@@ -121,18 +121,11 @@ def test_a_refused_trial_leaves_nothing_that_blocks_the_fixed_command(tiny_data,
 # "no batch that fits" (fit's ConfigError when the train loader is empty) has no CLI variant:
 # harness/data/loaders.py sets drop_last only when len(train) > batch_size, so any non-empty
 # training set gives at least one batch, whatever --batch-size says. The nearest case, one
-# training image (a single batch of one, which BatchNorm cannot train on), is not refused
-# before training: the xfail below pins that bug until fit refuses it.
+# training image (a single batch of one, which BatchNorm cannot train on), is refused before
+# anything is written.
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="harness bug: a 1-image training set gives one batch of one image (drop_last only "
-    "when len(train) > batch_size), BatchNorm raises mid-training, and the record it leaves "
-    "blocks the same --name",
-)
 def test_a_one_image_training_set_is_refused_before_anything_is_written(
     tiny_data, tmp_path, capsys
 ):
