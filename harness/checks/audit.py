@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from harness.checks.flags import audit_flag
+from harness.errors import HarnessError
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -197,3 +200,29 @@ def audit_table(report: AuditReport):  # -> rich.table.Table
             style=style,
         )
     return table
+
+
+class AuditError(HarnessError):
+    """``audit(..., strict=True)``: the param-group audit found problems."""
+
+
+def audit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    strict: bool = False,
+    frozen: Iterable[str] = (),
+) -> AuditReport:
+    """Audit the optimiser against the model, print the table and one line per finding (its
+    flag and evidence), and return the report. ``strict``: raise ``AuditError`` on a finding.
+    ``frozen``: top-level modules frozen on purpose (``requires_grad=False``, not a finding)."""
+    from rich.console import Console
+
+    report = audit_param_groups(model, optimizer, frozen_on_purpose=frozen)
+    console = Console()
+    console.print(audit_table(report))
+    for f in report.findings:
+        console.print(f"[bold red]WARNING[/] {audit_flag(f.code)}: {f.message}", soft_wrap=True)
+    if strict and not report.ok:
+        messages = "; ".join(f.message for f in report.findings)
+        raise AuditError(f"param-group audit found {len(report.findings)} problem(s): {messages}")
+    return report

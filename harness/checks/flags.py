@@ -14,6 +14,7 @@ NEVER_UPDATED = "never-updated"  # never-updated:<module>, from the update monit
 NO_LEARNING = "no-learning"  # the learning check, after a finished trial
 MASKS_MISALIGNED = "masks-misaligned"  # the mask pairing check, before training
 NAN_LOSS = "nan-loss"  # the training loss became NaN or inf
+EVAL_MODE = "eval-mode"  # eval-mode:<module>: BatchNorm/Dropout in eval mode while training
 OUTLIER_LOW = "outlier:low-miou"  # the study-level detector (changes as the study grows)
 CHECK_FAILED = "check-failed"  # check-failed:<check>: a check itself raised
 
@@ -25,6 +26,10 @@ def audit_flag(code: str) -> str:
 
 def never_updated(module: str) -> str:
     return f"{NEVER_UPDATED}:{module}"
+
+
+def eval_mode(module: str) -> str:
+    return f"{EVAL_MODE}:{module}"
 
 
 def check_failed(check: str) -> str:

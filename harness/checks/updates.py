@@ -1,11 +1,13 @@
 """The update monitor: did every module that should train actually move?
 
-``UpdateMonitor`` snapshots the weights when ``fit`` starts and measures, per top-level module
+``UpdateMeter`` is the measuring core: it snapshots the weights and measures, per top-level module
 (encoder, fcn, decoder, head), how far the weights moved (``||w - w0|| / ||w0||``) and the
-gradient norm: once after the first K optimiser steps and at every epoch end. A module that is
-meant to train (every module the config did not freeze on purpose) but did not move gets the flag
-``never-updated:<module>``. Adam moves every parameter it steps by about ``lr`` per step, so a
-stepped module is orders of magnitude above the threshold; an unstepped one is exactly 0.
+gradient norm, and names the modules that did not move (``never-updated:<module>`` with its
+evidence). ``UpdateMonitor`` is the ``fit`` callback around it: it looks once after the first K
+optimiser steps and at every epoch end; ``harness.checks.watch`` uses the same core in any loop.
+A module that is meant to train (every module the config did not freeze on purpose) but did not
+move gets the flag. Adam moves every parameter it steps by about ``lr`` per step, so a stepped
+module is orders of magnitude above the threshold; an unstepped one is exactly 0.
 """
 
 from __future__ import annotations
@@ -20,37 +22,20 @@ from torch import nn
 from harness.callbacks import Callback, StopTrial
 from harness.checks.audit import fmt_count
 from harness.checks.flags import never_updated
+from harness.checks.modes import EvalModeCheck
 from harness.optim import top_level_modules
 
+THRESHOLD = 1e-6  # relative update below which a module did not move
 
-class UpdateMonitor(Callback):
-    """Flags modules that never move; logs ``updates/<module>`` and ``grad_norm/<module>``.
 
-    ``steps``: the early look after this many optimiser steps (or at the first epoch end when an
-    epoch has fewer steps). ``frozen_on_purpose``: modules the config froze (not flagged).
-    ``stop``: end the trial at once (``StopTrial(..., "failed")``) when a module never moved.
-    """
+class UpdateMeter:
+    """Snapshots ``model``'s weights now; ``measure`` and ``unmoved`` compare with them later."""
 
-    def __init__(
-        self,
-        steps: int = 5,
-        frozen_on_purpose: Iterable[str] = (),
-        *,
-        stop: bool = False,
-        threshold: float = 1e-6,
-    ) -> None:
-        self.steps = steps
-        self.frozen = set(frozen_on_purpose)
-        self.stop = stop
+    def __init__(self, model: nn.Module, threshold: float = THRESHOLD) -> None:
         self.threshold = threshold
-        self.step = 0
-        self.checked = False
         self.params: dict[str, list[nn.Parameter]] = {}
         self.w0: dict[str, list[torch.Tensor]] = {}
         self.norm0: dict[str, float] = {}
-        self.found: dict[str, str] = {}
-
-    def on_fit_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         for name, module in top_level_modules(model):
             params = list(module.parameters())
             self.params[name] = params
@@ -68,13 +53,13 @@ class UpdateMonitor(Callback):
                 grads[name] = _norm([p.grad for p in params if p.grad is not None])
         return updates, grads
 
-    def check(self, when: str) -> dict[str, str]:
-        """Flags for modules meant to train whose weights did not move; ``when`` for evidence."""
-        self.checked = True
+    def unmoved(self, when: str) -> dict[str, str]:
+        """``never-updated:<module>`` with its evidence for every module that did not move;
+        ``when`` (``after 5 steps``) goes into the evidence."""
         updates, grads = self.measure()
-        new: dict[str, str] = {}
+        found: dict[str, str] = {}
         for name, ratio in updates.items():
-            if name in self.frozen or ratio >= self.threshold:
+            if ratio >= self.threshold:
                 continue
             params = self.params[name]
             total = sum(p.numel() for p in params)
@@ -84,8 +69,55 @@ class UpdateMonitor(Callback):
                 detail += ", none of them requires_grad"
             else:
                 detail += f", grad norm {grads[name]:.3g}"
-            text = f"{name}: relative update {ratio:.3g} {when} ({detail})"
-            new[never_updated(name)] = text
+            found[never_updated(name)] = f"{name}: relative update {ratio:.3g} {when} ({detail})"
+        return found
+
+
+class UpdateMonitor(Callback):
+    """Flags modules that never move and BatchNorm/Dropout left in eval mode while the model
+    trains; logs ``updates/<module>`` and ``grad_norm/<module>``.
+
+    ``steps``: the early look after this many optimiser steps (or at the first epoch end when an
+    epoch has fewer steps). ``frozen_on_purpose``: modules the config froze (not flagged).
+    ``stop``: end the trial at once (``StopTrial(..., "failed")``) when a module never moved.
+    """
+
+    def __init__(
+        self,
+        steps: int = 5,
+        frozen_on_purpose: Iterable[str] = (),
+        *,
+        stop: bool = False,
+        threshold: float = THRESHOLD,
+    ) -> None:
+        self.steps = steps
+        self.frozen = set(frozen_on_purpose)
+        self.stop = stop
+        self.threshold = threshold
+        self.step = 0
+        self.checked = False
+        self.meter: UpdateMeter | None = None
+        self.modes: EvalModeCheck | None = None
+        self.found: dict[str, str] = {}
+
+    def on_fit_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.meter = UpdateMeter(model, self.threshold)
+        self.modes = EvalModeCheck(model)
+
+    def measure(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Relative update and gradient norm (of the last step) per module."""
+        assert self.meter is not None, "on_fit_start first"
+        return self.meter.measure()
+
+    def check(self, when: str) -> dict[str, str]:
+        """Flags for modules meant to train whose weights did not move; ``when`` for evidence."""
+        assert self.meter is not None, "on_fit_start first"
+        self.checked = True
+        new = {
+            flag: text
+            for flag, text in self.meter.unmoved(when).items()
+            if flag.split(":", 1)[1] not in self.frozen
+        }
         for flag, text in new.items():
             self.found.setdefault(flag, text)
         if new and self.stop:
@@ -94,6 +126,10 @@ class UpdateMonitor(Callback):
 
     def on_step_end(self, step: int, loss: float) -> None:
         self.step = step
+        if self.modes is not None:
+            flagged, _ = self.modes.check(step)
+            for flag, text in flagged.items():
+                self.found.setdefault(flag, text)
         if step == self.steps and not self.checked:
             self.check(f"after {step} steps")
 
