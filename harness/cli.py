@@ -127,7 +127,21 @@ def trial(
         int | None, typer.Option(help="Seed: same seed and device, same result.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
-    num_workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
+    num_workers: Annotated[
+        int | None,
+        typer.Option(help="DataLoader workers (default: 0 on CPU, up to 8 on CUDA)."),
+    ] = None,
+    deterministic: Annotated[
+        bool | None,
+        typer.Option(
+            "--deterministic/--no-deterministic",
+            help="cuDNN deterministic, no benchmark mode (default: off on CUDA; no effect on CPU).",
+        ),
+    ] = None,
+    compile_model: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="torch.compile the model (default: off)."),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Parent folder of run folders.")] = None,
     name: Annotated[
         str | None, typer.Option(help="Run folder name; default: trial-<timestamp>.")
@@ -199,6 +213,8 @@ def trial(
         "data.cache_dir": str(cache_dir) if cache_dir is not None else None,
         "data.image_size": image_size,
         "data.num_workers": num_workers,
+        "train.deterministic": deterministic,
+        "train.compile": compile_model,
         "model.name": model,
         "model.encoder_bn": encoder_bn,
         "model.fcn_bn": fcn_bn,
@@ -356,6 +372,8 @@ Examples:
 
     harness sweep --workers 2                       # two worker processes share the study
 
+    harness sweep sweeps/trash-deconvnet.yaml --gpus 0,1,2,3   # one worker per GPU
+
     harness sweep sweeps/trash-deconvnet.yaml --storage postgresql://user:pass@host/db
 """
 
@@ -384,8 +402,19 @@ def sweep(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option(help="Worker processes on this machine, sharing the study.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            help="Worker processes on this machine, sharing the study (default: one per "
+            "visible GPU, or one on the CPU; more workers than GPUs share them round-robin)."
+        ),
+    ] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="GPUs for the workers, e.g. 0,1,2,3: each worker gets one as its "
+            "CUDA_VISIBLE_DEVICES (default: every visible GPU)."
+        ),
+    ] = None,
     timeout: Annotated[
         float | None, typer.Option(help="Stop starting trials after this many seconds.")
     ] = None,
@@ -424,7 +453,7 @@ def sweep(
     from harness.config.sweep import load_spec, with_options
     from harness.sweep import BEST_FILE, run_sweep, trials_of
 
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise HarnessError(f"--workers={workers}: must be >= 1")
     spec = with_options(
         load_spec(file),
@@ -442,7 +471,7 @@ def sweep(
     console = _console()
     try:
         study_obj = run_sweep(
-            spec, workers=workers, console=None if quiet else console, verbose=verbose
+            spec, workers=workers, gpus=gpus, console=None if quiet else console, verbose=verbose
         )
     except KeyboardInterrupt:
         # typer turns Ctrl-C into a silent exit 130; say what happened and how to go on

@@ -53,7 +53,10 @@ class DataConfig:
     split_seed: int = 0
     image_size: int = 96
     augment: bool = False  # the course baseline trained without; --augment turns it on
-    num_workers: int = 0
+    # DataLoader workers; None: auto (0 on the CPU, up to 8 of this process's cores on CUDA)
+    num_workers: int | None = None
+    pin_memory: bool | None = None  # None: auto (on CUDA)
+    persistent_workers: bool | None = None  # None: auto (when there are loader workers)
     cache_dir: str = "runs/cache"  # synthetic dataset and decoded masks
 
     def __post_init__(self) -> None:
@@ -62,8 +65,14 @@ class DataConfig:
             fail("data.val_fraction", self.val_fraction, "must be strictly between 0 and 1")
         if self.image_size < 32:
             fail("data.image_size", self.image_size, "must be >= 32 (five 2x2 pools)")
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             fail("data.num_workers", self.num_workers, "must be >= 0")
+        if self.persistent_workers and self.num_workers == 0:
+            fail(
+                "data.persistent_workers",
+                self.persistent_workers,
+                "needs data.num_workers > 0 (or null: auto)",
+            )
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,10 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     amp: bool = True  # only on CUDA
     channels_last: bool = True  # only on CUDA
+    # cuDNN: true = deterministic, no benchmark; false = benchmark mode (fastest conv algorithm
+    # per shape, not bit-reproducible); None: auto = false on CUDA. The CPU is unaffected.
+    deterministic: bool | None = None
+    compile: bool = False  # torch.compile the model (its first steps compile: slow start)
     strict: bool = False  # abort when the param-group audit finds anything
     audit: bool = True  # param-group audit findings become flags (audit:*); off: table only
     inject_bug: str | None = None

@@ -24,15 +24,30 @@ def load_data(cfg: TrialConfig) -> DataBundle:
 
 
 def make_loaders(
-    bundle: Any, cfg: TrialConfig, device: torch.device
+    bundle: Any,
+    cfg: TrialConfig,
+    device: torch.device,
+    *,
+    num_workers: int | None = None,
+    pin_memory: bool | None = None,
+    persistent_workers: bool | None = None,
 ) -> tuple[DataLoader, DataLoader]:
+    """The train and val loaders; the loader settings as ``fit`` resolved them (see
+    ``harness.fit.runtime``), else the config's, with its auto values taken as on the CPU
+    (no workers) except pinning on CUDA."""
     bs = cfg.train.batch_size
-    workers = cfg.data.num_workers
+    workers = num_workers if num_workers is not None else (cfg.data.num_workers or 0)
+    if pin_memory is None:
+        pin_memory = (
+            cfg.data.pin_memory if cfg.data.pin_memory is not None else device.type == "cuda"
+        )
+    if persistent_workers is None:
+        persistent_workers = cfg.data.persistent_workers is not False
     common: dict[str, Any] = {
         "num_workers": workers,
-        "pin_memory": device.type == "cuda",
+        "pin_memory": pin_memory,
         "worker_init_fn": seed_worker if workers else None,
-        "persistent_workers": workers > 0,
+        "persistent_workers": persistent_workers and workers > 0,
     }
     generator = torch.Generator().manual_seed(cfg.train.seed)
     train = DataLoader(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from harness.fit.loop import (
     train_one_epoch,
 )
 from harness.fit.record import RunRecord, ensure_free
+from harness.fit.runtime import Runtime, apply_cudnn, compile_error, compiled, resolve_runtime
 from harness.models import build_model
 from harness.optim import build_scheduler, frozen_modules, group_lrs
 from harness.progress import bar
@@ -90,6 +92,8 @@ class FitState:
     val_loader: DataLoader
     start: float
     evidence: dict[str, str]  # flag -> evidence, in the order the flags were raised
+    runtime: Runtime
+    net: nn.Module  # what runs the forward pass: the model, or torch.compile of it
     record: RunRecord | None = None
     tracker: Tracker | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -107,11 +111,11 @@ class FitState:
 
     @property
     def amp(self) -> bool:
-        return self.cfg.train.amp and self.device.type == "cuda"
+        return self.runtime.amp is not None
 
     @property
     def channels_last(self) -> bool:
-        return self.cfg.train.channels_last and self.device.type == "cuda"
+        return self.runtime.channels_last
 
 
 def default_callbacks(cfg: TrialConfig) -> list[Callback]:
@@ -152,7 +156,12 @@ def fit(
     # started here so that a --strict abort shows up in W&B too; from here on, _finalize runs
     state.tracker = tracker if tracker is not None else make_tracker(cfg, console)
     state.tracker.start(
-        cfg, model=state.model, device=state.device, bundle=state.bundle, audit=state.audit
+        cfg,
+        model=state.model,
+        device=state.device,
+        bundle=state.bundle,
+        audit=state.audit,
+        runtime=state.runtime.to_dict(),
     )
     if cfg.train.strict and not state.audit.ok:
         messages = "; ".join(f.message for f in state.audit.findings)
@@ -168,7 +177,12 @@ def fit(
         state.status = "failed"
         interrupted = isinstance(exc, KeyboardInterrupt)
         state.reason = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
+        one_line = compile_error(exc)
+        if one_line is not None:  # torch.compile's own message runs to pages
+            state.reason = str(one_line)
         _finalize(state)
+        if one_line is not None:
+            raise one_line from exc
         raise
     return _finalize(state)
 
@@ -180,10 +194,15 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
     start = time.perf_counter()
     ensure_free(cfg.run_dir)
     device = resolve_device(cfg.train.device)
+    runtime = resolve_runtime(
+        cfg,
+        device,
+        cores=torch.get_num_threads(),  # a sweep worker's share of the machine
+        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        env_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    )
     seed_everything(cfg.train.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
+    apply_cudnn(runtime)
     bundle = data if data is not None else load_data(cfg)
     bundle = dataclasses.replace(bundle, train=train_set_for(bundle.train, cfg.train.inject_bug))
     # before the seeding below: the few samples it draws must not shift training's RNG
@@ -191,7 +210,7 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
 
     seed_everything(cfg.train.seed)  # model init must not depend on what data loading drew
     model = build_model(cfg.model, num_classes=len(bundle.class_names)).to(device)
-    if cfg.train.channels_last and device.type == "cuda":
+    if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = optimizer_for(model, cfg.optim, cfg.train.inject_bug)
     audit = audit_param_groups(model, optimizer, frozen_on_purpose=frozen_modules(cfg.optim))
@@ -199,7 +218,14 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
         # switched off (e.g. to see what the other layers catch alone): the module table stays
         # as information, the findings do not become flags, tags or warnings
         audit = dataclasses.replace(audit, findings=())
-    train_loader, val_loader = make_loaders(bundle, cfg, device)
+    train_loader, val_loader = make_loaders(
+        bundle,
+        cfg,
+        device,
+        num_workers=runtime.num_workers,
+        pin_memory=runtime.pin_memory,
+        persistent_workers=runtime.persistent_workers,
+    )
     if len(train_loader) == 0:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: no training batch fits")
     if len(bundle.train) < 2 and _has_batchnorm(model):
@@ -221,6 +247,8 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
         val_loader=val_loader,
         start=start,
         evidence=audit_evidence | evidence,
+        runtime=runtime,
+        net=compiled(model, runtime),
         best_iou=[math.nan] * len(bundle.class_names),
     )
 
@@ -278,7 +306,7 @@ def _run_epochs(state: FitState, console: Console | None, verbose: bool, label: 
                 steps_per_epoch, description, console=console, enabled=console is not None
             ) as advance:
                 tr = train_one_epoch(
-                    state.model,
+                    state.net,
                     criterion,
                     state.optimizer,
                     state.train_loader,
@@ -320,7 +348,7 @@ def _evaluate_epoch(
 ) -> tuple[dict[str, Any], list[float]]:
     """The epoch's metrics row (metrics.jsonl, W&B) and the per-class IoU."""
     ev = evaluate(
-        state.model,
+        state.net,
         criterion,
         state.val_loader,
         state.device,
@@ -438,6 +466,8 @@ def _finalize(state: FitState) -> TrialResult:
         "audit_ok": state.audit.ok,
         "wall_time_s": wall_time,
         "device": str(state.device),
+        # the resolved loader, cuDNN, autocast and compile settings (the auto config values)
+        "runtime": state.runtime.to_dict(),
         "num_params": count_params(state.model),
         "harness_version": __version__,
         "tracking": state.tracker.info(),

@@ -26,6 +26,9 @@ class TrialAttrs:
     wandb: str = ""  # the W&B run's URL, or its id and mode
     majority_miou: float | None = None  # val mIoU of predicting the majority class (the floor)
     train_loss: tuple[float, ...] = ()  # train/loss per epoch, for the study-level detector
+    # where it trained, as the machine numbers it: cpu, or cuda:2 (the worker's GPU through its
+    # CUDA_VISIBLE_DEVICES); "" until the trial has run
+    device: str = ""
 
 
 FIELDS = frozenset(f.name for f in dataclasses.fields(TrialAttrs))

@@ -198,6 +198,7 @@ class Objective:
             best_miou=_finite(result.best_miou),
             train_loss=[float(r["train/loss"]) for r in result.history if "train/loss" in r],
             wandb=_wandb_path(result.summary.get("tracking") or {}),
+            device=str((result.summary.get("runtime") or {}).get("device", "")),
         )
         if result.status == "pruned":
             raise optuna.TrialPruned(result.reason or "pruned")

@@ -92,7 +92,15 @@ def flagged_traits(trials: Sequence[Any]) -> list[str]:
     return shared_traits(flagged, records)
 
 
-def trial_rows(trials: Sequence[Any], param_names: Sequence[str]) -> list[list[Any]]:
+def used_cuda(trials: Sequence[Any]) -> bool:
+    """Some trial trained on a GPU: the trial table then has a ``device`` column."""
+    return any(attrs_of(t).device.startswith("cuda") for t in trials)
+
+
+def trial_rows(
+    trials: Sequence[Any], param_names: Sequence[str], *, device: bool = False
+) -> list[list[Any]]:
+    """One row per trial; ``device`` adds its device (after the epochs) for CUDA studies."""
     outliers = study_outliers(trials)
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
@@ -109,6 +117,7 @@ def trial_rows(trials: Sequence[Any], param_names: Sequence[str]) -> list[list[A
                 *[fmt_value(t.params.get(n, "")) for n in param_names],
                 "" if value is None else f"{value:.4f}",
                 ua.epochs_run if "epochs_run" in t.user_attrs else "",
+                *([ua.device] if device else []),
                 ",".join(trial_flags(t, outliers)),
                 ua.wandb,
                 str(note)[:80],
@@ -126,9 +135,11 @@ def trial_table(trials: Sequence[Any], title: str = "trials") -> Any:
             if n not in names:
                 names.append(n)
     table = Table(title=title)
-    for col in ["#", "state", *names, "val/mIoU", "epochs", "flags", "W&B run", "note"]:
+    device = used_cuda(trials)
+    columns = ["#", "state", *names, "val/mIoU", "epochs", *(["device"] if device else [])]
+    for col in [*columns, "flags", "W&B run", "note"]:
         table.add_column(col, overflow="fold")
-    for row in trial_rows(trials, names):
+    for row in trial_rows(trials, names, device=device):
         table.add_row(*[str(c) for c in row])
     return table
 

@@ -1,5 +1,6 @@
 """Running a study: one or several worker processes on this machine, each running trials until the
-study holds ``n_trials`` finished ones; Ctrl-C and SIGTERM stop cleanly."""
+study holds ``n_trials`` finished ones; Ctrl-C and SIGTERM stop cleanly. On a machine with GPUs
+each worker gets its own (``harness.sweep.devices``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from harness.data.loaders import load_data
 from harness.errors import HarnessError
 from harness.secrets import mask_url
 from harness.sweep.best import write_best
+from harness.sweep.devices import WorkerSlot, assign_devices, describe
 from harness.sweep.objective import Objective
 from harness.sweep.storage import open_storage, storage_url
 from harness.sweep.study import create_study, make_pruner, make_sampler
@@ -87,8 +89,15 @@ def run_worker(
         )
 
 
-def _worker_main(spec: SweepSpec, url: str, worker: int, threads: int) -> None:
-    """Entry point of a ``--workers`` process (spawned: a clean interpreter per worker)."""
+def _worker_main(
+    spec: SweepSpec, url: str, worker: int, threads: int, cuda_visible_devices: str | None = None
+) -> None:
+    """Entry point of a ``--workers`` process (spawned: a clean interpreter per worker).
+
+    ``CUDA_VISIBLE_DEVICES`` is set first: CUDA reads it once, when it starts, and nothing in a
+    fresh interpreter has started it yet (importing torch does not)."""
+    if cuda_visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
     import torch
 
     torch.set_num_threads(threads)
@@ -122,30 +131,54 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def run_sweep(
-    spec: SweepSpec, *, workers: int = 1, console: Any = None, verbose: bool = False
+    spec: SweepSpec,
+    *,
+    workers: int | None = 1,
+    gpus: str | None = None,
+    console: Any = None,
+    verbose: bool = False,
 ) -> Any:
-    """Create the study once, run ``workers`` workers, write best.yaml; returns the study.
+    """Create the study once, run the workers, write best.yaml; returns the study.
 
-    ``console``: one line per finished trial and a live display of the running one;
+    ``workers``/``gpus``: see ``assign_devices`` (``workers=None``: one per visible GPU, or one
+    on the CPU). ``console``: one line per finished trial and a live display of the running one;
     ``verbose`` adds each trial's full output (audit table, epoch lines)."""
+    slots = worker_slots(spec, workers, gpus)
     with _terminate_as_interrupt():
-        return _run_sweep(spec, workers, console, verbose)
+        return _run_sweep(spec, slots, console, verbose)
 
 
-def _run_sweep(spec: SweepSpec, workers: int, console: Any, verbose: bool) -> Any:
+def worker_slots(spec: SweepSpec, workers: int | None, gpus: str | None) -> list[WorkerSlot]:
+    """The workers this machine runs: the GPUs torch sees, unless the trials run on the CPU."""
+    import torch
+
+    device = spec.base.train.device
+    on_gpu = device == "auto" or device.startswith("cuda")
+    visible = torch.cuda.device_count() if on_gpu and torch.cuda.is_available() else 0
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    slots = assign_devices(workers, gpus, visible, env, cpu_count=os.cpu_count() or 1)
+    if device.startswith("cuda:") and any(s.cuda_visible_devices is not None for s in slots):
+        raise HarnessError(
+            f"train.device={device}: each sweep worker sees only its own GPU (as cuda:0); "
+            "use device auto or cuda with --gpus"
+        )
+    return slots
+
+
+def _run_sweep(spec: SweepSpec, slots: list[WorkerSlot], console: Any, verbose: bool) -> Any:
     url = storage_url(spec)
     say = (lambda m: console.print(m, markup=False, soft_wrap=True)) if console else None
     if say is not None:
         say(
             f"study {spec.study}: storage {mask_url(url)}, {spec.sampler.name} sampler, "
-            f"{spec.pruner.name} pruner, target {spec.n_trials} trials, {workers} worker(s)"
+            f"{spec.pruner.name} pruner, target {spec.n_trials} trials, {describe(slots)}"
         )
     study = create_study(spec, url)
     _check_data(spec)
-    if workers <= 1:
+    if len(slots) == 1 and slots[0].cuda_visible_devices is None:
         run_worker(spec, url, console=console, say=say, verbose=verbose)
     else:
-        _run_processes(spec, url, workers, say)
+        _run_processes(spec, url, slots, say)
     trials = trials_of(study)
     record_outliers(study, trials)
     write_best(spec, trials)
@@ -158,15 +191,22 @@ def _check_data(spec: SweepSpec) -> None:
     load_data(spec.base)
 
 
-def _run_processes(
-    spec: SweepSpec, url: str, workers: int, say: Callable[[str], None] | None
-) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [
-        ctx.Process(target=_worker_main, args=(spec, url, i, threads), name=f"worker-{i}")
-        for i in range(workers)
+def worker_processes(ctx: Any, spec: SweepSpec, url: str, slots: list[WorkerSlot]) -> list[Any]:
+    """One (unstarted) process per slot; what each gets is its arguments, nothing inherited."""
+    return [
+        ctx.Process(
+            target=_worker_main,
+            args=(spec, url, s.index, s.threads, s.cuda_visible_devices),
+            name=f"worker-{s.index}",
+        )
+        for s in slots
     ]
+
+
+def _run_processes(
+    spec: SweepSpec, url: str, slots: list[WorkerSlot], say: Callable[[str], None] | None
+) -> None:
+    procs = worker_processes(multiprocessing.get_context("spawn"), spec, url, slots)
     for p in procs:
         p.start()
     storage = open_storage(url, spec, heartbeat=False)

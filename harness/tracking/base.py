@@ -58,7 +58,14 @@ class Tracker:
     backend = "none"
 
     def start(
-        self, cfg: TrialConfig, *, model: nn.Module, device: torch.device, bundle: Any, audit: Any
+        self,
+        cfg: TrialConfig,
+        *,
+        model: nn.Module,
+        device: torch.device,
+        bundle: Any,
+        audit: Any,
+        runtime: Mapping[str, Any] | None = None,
     ) -> None:
         pass
 

@@ -108,7 +108,14 @@ class PanelTracker(Tracker):
         self._device = torch.device("cpu")
 
     def start(
-        self, cfg: TrialConfig, *, model: nn.Module, device: torch.device, bundle: Any, audit: Any
+        self,
+        cfg: TrialConfig,
+        *,
+        model: nn.Module,
+        device: torch.device,
+        bundle: Any,
+        audit: Any,
+        runtime: Mapping[str, Any] | None = None,
     ) -> None:
         self.every = cfg.tracking.media_every
         self._model, self._device = model, device
@@ -142,9 +149,16 @@ class LocalTracker(PanelTracker):
         self.dir: Path | None = None
 
     def start(
-        self, cfg: TrialConfig, *, model: nn.Module, device: torch.device, bundle: Any, audit: Any
+        self,
+        cfg: TrialConfig,
+        *,
+        model: nn.Module,
+        device: torch.device,
+        bundle: Any,
+        audit: Any,
+        runtime: Mapping[str, Any] | None = None,
     ) -> None:
-        super().start(cfg, model=model, device=device, bundle=bundle, audit=audit)
+        super().start(cfg, model=model, device=device, bundle=bundle, audit=audit, runtime=runtime)
         self.dir = cfg.run_dir / "media"
 
     def log_epoch(self, row: Mapping[str, Any], *, final: bool) -> None:

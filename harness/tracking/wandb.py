@@ -62,10 +62,16 @@ def run_config(
     class_names: Sequence[str],
     num_params: int,
     extra: Mapping[str, Any] | None = None,
+    runtime: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The W&B config: flat keys for panels, the whole trial config, the dataset and, when
+    ``fit`` resolved them, the runtime settings (``device`` as the machine numbers it: the GPU
+    a sweep worker ran on)."""
+    resolved = dict(runtime or {})
     return {
         **flat_config(cfg),
         **(extra or {}),
+        **({"device": resolved.get("device"), "runtime": resolved} if resolved else {}),
         "num_params": num_params,
         "trial_config": cfg.to_dict(),
         "dataset": dict(dataset),
@@ -210,7 +216,14 @@ class WandbTracker(PanelTracker):
     # the W&B calls, each guarded: W&B trouble never ends a trial -------------------------
 
     def start(
-        self, cfg: TrialConfig, *, model: nn.Module, device: torch.device, bundle: Any, audit: Any
+        self,
+        cfg: TrialConfig,
+        *,
+        model: nn.Module,
+        device: torch.device,
+        bundle: Any,
+        audit: Any,
+        runtime: Mapping[str, Any] | None = None,
     ) -> None:
         self._run_dir = cfg.run_dir
         self.log_model = cfg.tracking.log_model
@@ -222,7 +235,16 @@ class WandbTracker(PanelTracker):
             )
             return
         try:
-            self._start(cfg, mode, why, model=model, device=device, bundle=bundle, audit=audit)
+            self._start(
+                cfg,
+                mode,
+                why,
+                model=model,
+                device=device,
+                bundle=bundle,
+                audit=audit,
+                runtime=runtime,
+            )
         except Exception as exc:
             with suppress(Exception):
                 if self.run is not None:
@@ -240,8 +262,9 @@ class WandbTracker(PanelTracker):
         device: torch.device,
         bundle: Any,
         audit: Any,
+        runtime: Mapping[str, Any] | None = None,
     ) -> None:
-        super().start(cfg, model=model, device=device, bundle=bundle, audit=audit)
+        super().start(cfg, model=model, device=device, bundle=bundle, audit=audit, runtime=runtime)
         os.environ.setdefault("WANDB_SILENT", "true")  # before the import: no banner per trial
         try:
             import wandb
@@ -255,7 +278,7 @@ class WandbTracker(PanelTracker):
         self._env.enter_context(wandb_env(root))
         config = run_config(
             cfg, bundle.info, bundle.class_names, sum(p.numel() for p in model.parameters()),
-            self.extra_config,
+            self.extra_config, runtime,
         )  # fmt: skip
         tags = start_tags(cfg, audit, self.tags)
         for attempt in ["online", "offline"] if mode == "online" else ["offline"]:
