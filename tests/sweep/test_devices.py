@@ -148,3 +148,32 @@ def _with_device(spec, device):
     from harness.config import with_overrides
 
     return dataclasses.replace(spec, base=with_overrides(spec.base, {"train.device": device}))
+
+
+def test_trial_table_has_a_device_column_only_when_a_trial_used_cuda():
+    import optuna
+
+    from harness.sweep.view import trial_rows, trial_table, used_cuda
+
+    def trial(number, device):
+        t = optuna.trial.create_trial(
+            state=optuna.trial.TrialState.FAIL,
+            user_attrs={"device": device, "epochs_run": 1, "status": "failed"},
+        )
+        t.number = number
+        return t
+
+    cpu = [trial(0, "cpu"), trial(1, "")]
+    assert not used_cuda(cpu)
+    assert [c.header for c in trial_table(cpu).columns][-4:] == [
+        "epochs",
+        "flags",
+        "W&B run",
+        "note",
+    ]
+    gpu = [trial(0, "cuda:2"), trial(1, "cuda:3")]
+    assert used_cuda(gpu)
+    headers = [c.header for c in trial_table(gpu).columns]
+    assert headers[headers.index("epochs") + 1] == "device"
+    rows = trial_rows(gpu, [], device=True)
+    assert [r[headers.index("device")] for r in rows] == ["cuda:2", "cuda:3"]
