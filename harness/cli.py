@@ -1,5 +1,5 @@
-"""Command-line interface: ``harness trial``, ``sweep``, ``best``, ``report``, ``dashboard``,
-``eda``, ``synth`` and ``bench``.
+"""Command-line interface: ``harness trial``, ``predict``, ``sweep``, ``best``, ``report``,
+``dashboard``, ``eda``, ``synth`` and ``bench``.
 
 The config is built here, once: dataclass defaults, then ``--config FILE``, then the options given
 on the command line. User errors (``HarnessError`` and bad options) print one line on stderr and
@@ -361,6 +361,82 @@ def eda(
     for warning in result.warnings:
         print(f"WARNING {warning}", file=sys.stderr)
     print("\n".join(summary_lines(result, report)))
+
+
+PREDICT_EXAMPLES = """
+Examples:
+
+    harness predict runs/my-run                     # the test split -> runs/my-run/predict-test/
+
+    harness predict runs/my-run --data ../data --split test --tta flip
+
+    harness predict runs/my-run/best.pt --split val --out preds/val --format csv
+"""
+
+
+@app.command(epilog=PREDICT_EXAMPLES)
+# long: the typer option declarations; the body is one predict call and its report
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder (its best.pt) or a checkpoint file.")],
+    data: Annotated[
+        str | None,
+        typer.Option(help="COCO folder or annotation file; default: the data the run trained on."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split to predict (test, val, train).")] = "test",
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Image folder, when the images are not where the layout puts them; default: "
+            "the run's data.image_root when --data is not given."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder (must not exist); default: RUN/predict-SPLIT/."),
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="What to write, comma-separated: csv (submission.csv), png (masks/)."
+        ),
+    ] = "csv,png",
+    tta: Annotated[
+        str, typer.Option(help="Test-time augmentation: none, or flip (horizontal).")
+    ] = "none",
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size; default: the run's train.batch_size.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda, cuda:N; default: the run's train.device.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Predict a split with a run's best.pt: the submission CSV and one palette PNG per image."""
+    from harness.predict import metric_lines
+    from harness.predict import predict as run_predict
+
+    result = run_predict(
+        run,
+        data=data,
+        split=split,
+        images=images,
+        out=out,
+        formats=fmt,
+        tta=tta,
+        batch_size=batch_size,
+        device=device,
+        progress=not quiet,
+        on_start=None if quiet else lambda line: print(line, flush=True),
+    )
+    for line in metric_lines(result, result.checkpoint.cfg.data.image_size):
+        print(line)
+    pngs = sum(1 for f in result.files if f.endswith(".png"))
+    wrote = []
+    if "submission.csv" in result.files:
+        wrote.append(f"{result.out / 'submission.csv'} ({result.n_images} rows)")
+    if pngs:
+        wrote.append(f"{pngs} PNGs under {result.out / 'masks'}")
+    print(f"wrote {' and '.join(wrote)}")
 
 
 SWEEP_EXAMPLES = """

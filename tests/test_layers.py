@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("harness.checks", "harness.sanity"),
     ("harness.tracking",),
     ("harness.fit",),
-    ("harness.sweep", "harness.eda"),
+    ("harness.sweep", "harness.eda", "harness.predict"),
     ("harness.report",),
     ("harness.bench",),
     ("harness.cli", "harness.__main__"),

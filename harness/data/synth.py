@@ -120,6 +120,21 @@ def generate(
     return out
 
 
+def builtin_path(
+    cache_dir: Path,
+    *,
+    seed: int = 0,
+    n_train: int = 240,
+    n_val: int = 60,
+    n_test: int = 30,
+    size: int = 128,
+) -> Path:
+    """Where :func:`ensure_builtin` keeps the built-in dataset; nothing is generated here."""
+    params = {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size}
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"synth-v{VERSION}-{digest}"
+
+
 def ensure_builtin(
     cache_dir: Path,
     *,
@@ -137,9 +152,8 @@ def ensure_builtin(
     _check_params(seed, n_train, n_val, n_test, size)
     cache_dir = Path(cache_dir)
     params = {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size}
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    name = f"synth-v{VERSION}-{digest}"
-    target = cache_dir / name
+    target = builtin_path(cache_dir, **params)
+    name = target.name
     if target.exists():
         return _checked_complete(target)
     cache_dir.mkdir(parents=True, exist_ok=True)
