@@ -48,8 +48,9 @@ from harness.fit.loop import (
     train_one_epoch,
 )
 from harness.fit.record import RunRecord, ensure_free
-from harness.models import build_model
-from harness.optim import build_scheduler, frozen_modules, group_lrs
+from harness.models import build_model, check_output
+from harness.optim import build_scheduler, check_f_lr_modules, frozen_modules, group_lrs
+from harness.plugins import source_record
 from harness.progress import bar
 from harness.tracking import Tracker, make_tracker
 
@@ -90,6 +91,8 @@ class FitState:
     val_loader: DataLoader
     start: float
     evidence: dict[str, str]  # flag -> evidence, in the order the flags were raised
+    scheduler: Any = None  # a user builder's own scheduler (else built from cfg.optim)
+    code: dict[str, Any] = field(default_factory=dict)  # user code: import path, args, sha256
     record: RunRecord | None = None
     tracker: Tracker | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -145,7 +148,8 @@ def fit(
     """
     state = _setup(cfg, callbacks, data)
     state.record = RunRecord(cfg.run_dir)
-    state.record.write_config(cfg, {"dataset": state.bundle.info, "harness_version": __version__})
+    extra = {"dataset": state.bundle.info, "harness_version": __version__}
+    state.record.write_config(cfg, extra | ({"code": state.code} if state.code else {}))
     state.record.write_audit({**state.audit.to_dict(), "enabled": cfg.train.audit})
     if console is not None:
         _print_audit(console, state, verbose)
@@ -193,7 +197,8 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
     model = build_model(cfg.model, num_classes=len(bundle.class_names)).to(device)
     if cfg.train.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = optimizer_for(model, cfg.optim, cfg.train.inject_bug)
+    check_f_lr_modules(model, cfg.optim)
+    optimizer, scheduler = optimizer_for(model, cfg.optim, cfg.train.inject_bug)
     audit = audit_param_groups(model, optimizer, frozen_on_purpose=frozen_modules(cfg.optim))
     if not cfg.train.audit:
         # switched off (e.g. to see what the other layers catch alone): the module table stays
@@ -202,6 +207,11 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
     train_loader, val_loader = make_loaders(bundle, cfg, device)
     if len(train_loader) == 0:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: no training batch fits")
+    if cfg.model.user and len(
+        bundle.val
+    ):  # built-in models are known to fit; their RNG stream stays untouched
+        images = _one_batch(bundle.val, cfg.train.batch_size)
+        check_output(model, images, len(bundle.class_names), device, cfg.model.name)
     audit_evidence = {audit_flag(f.code): f.message for f in audit.findings}
     return FitState(
         cfg=cfg,
@@ -215,8 +225,30 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
         val_loader=val_loader,
         start=start,
         evidence=audit_evidence | evidence,
+        scheduler=scheduler,
+        code=code_record(cfg),
         best_iou=[math.nan] * len(bundle.class_names),
     )
+
+
+def _one_batch(dataset: Any, batch_size: int) -> torch.Tensor:
+    """The images of the first val batch, read from the dataset (no loader iterator: it would
+    draw a seed from the global RNG and start the persistent workers early)."""
+    rng = torch.get_rng_state()
+    try:
+        return torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))])
+    finally:
+        torch.set_rng_state(rng)
+
+
+def code_record(cfg: TrialConfig) -> dict[str, Any]:
+    """The user code a trial ran (import path, args, source file and its sha256); {} if none."""
+    code: dict[str, Any] = {}
+    if cfg.model.user:
+        code["model"] = source_record(cfg.model.name, "model.name", cfg.model.args)
+    if cfg.optim.builder is not None:
+        code["optimizer"] = source_record(cfg.optim.builder, "optim.builder")
+    return code
 
 
 def _print_audit(console: Console, state: FitState, verbose: bool) -> None:
@@ -243,7 +275,9 @@ def _print_audit(console: Console, state: FitState, verbose: bool) -> None:
 def _run_epochs(state: FitState, console: Console | None, verbose: bool, label: str) -> None:
     cfg = state.cfg
     steps_per_epoch = len(state.train_loader)
-    scheduler = build_scheduler(state.optimizer, cfg.optim, cfg.train.epochs * steps_per_epoch)
+    scheduler = state.scheduler or build_scheduler(
+        state.optimizer, cfg.optim, cfg.train.epochs * steps_per_epoch
+    )
     bf16 = torch.cuda.is_bf16_supported() if state.amp else False
     scaler = torch.amp.GradScaler("cuda") if state.amp and not bf16 else None
     criterion = nn.CrossEntropyLoss(ignore_index=state.bundle.ignore_index)
@@ -431,6 +465,7 @@ def _finalize(state: FitState) -> TrialResult:
         "num_params": count_params(state.model),
         "harness_version": __version__,
         "tracking": state.tracker.info(),
+        **({"code": state.code} if state.code else {}),
     }
     state.record.write_summary(summary)
     state.tracker.finish(summary)
