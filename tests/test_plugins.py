@@ -255,3 +255,22 @@ def test_user_code_survives_yaml_round_trips_and_sweep_files(tmp_path):
     assert spec.base.model.args == {"width": 4} and spec.base.optim.builder == "mypkg.opt:story"
     with pytest.raises(ConfigError, match=r"optim\.f_lr_modules='encoder': must be a list"):
         config_from_dict({"optim": {"f_lr_modules": "encoder"}})
+
+
+def test_wandb_config_names_the_user_code(userpkg):
+    from harness.tracking.wandb import run_config
+
+    cfg = config_from_dict(
+        {
+            "model": {"name": "mypkg.nets:make", "args": {"width": 4}},
+            "optim": {"builder": "mypkg.opt:story"},
+        }
+    )
+    config = run_config(cfg, {}, [], 0)
+    sha = hashlib.sha256((userpkg / "nets.py").read_bytes()).hexdigest()
+    assert config["model_source"]["path"] == "mypkg.nets:make"
+    assert (
+        config["model_source"]["args"] == {"width": 4} and config["model_source"]["sha256"] == sha
+    )
+    assert config["optimizer_source"]["path"] == "mypkg.opt:story"
+    assert "model_source" not in run_config(TrialConfig(), {}, [], 0)
