@@ -9,13 +9,16 @@ exit with code 2, without a traceback.
 # size: typer declares every option of a command in its signature; the logic lives in the packages
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 
 from harness import __version__
@@ -79,7 +82,15 @@ def trial(
         ),
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model (" + ", ".join(MODELS) + "); default deconvnet.")
+        str | None,
+        typer.Option(
+            help="Model (" + ", ".join(MODELS) + ") or your factory package.module:function; "
+            "default deconvnet."
+        ),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE keyword argument of your model factory (repeatable)."),
     ] = None,
     lr: Annotated[float | None, typer.Option(help="lr of the FCN, decoder and head.")] = None,
     f_lr: Annotated[
@@ -117,7 +128,15 @@ def trial(
         Path | None, typer.Option(help="Local state dict for the encoder or the model.")
     ] = None,
     optimizer: Annotated[
-        str | None, typer.Option(help="Optimiser (" + ", ".join(OPTIMIZERS) + ").")
+        str | None,
+        typer.Option(
+            help="Optimiser (" + ", ".join(OPTIMIZERS) + ") or your builder "
+            "package.module:function (optim.builder)."
+        ),
+    ] = None,
+    f_lr_modules: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated top-level modules at --f-lr (default: encoder)."),
     ] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
     scheduler: Annotated[
@@ -199,6 +218,10 @@ def trial(
         typer.Option("--log-model", help="Upload best.pt to W&B as a model artifact."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="The traceback when your model or builder raises."),
+    ] = False,
 ) -> None:
     """Train one trial (DeconvNet, or DeepLab v1 with --model deeplabv1) under runs/NAME/."""
     cfg = load_config(config) if config is not None else TrialConfig()
@@ -216,6 +239,7 @@ def trial(
         "train.deterministic": deterministic,
         "train.compile": compile_model,
         "model.name": model,
+        "model.args": _model_args(cfg, model, model_arg),
         "model.encoder_bn": encoder_bn,
         "model.fcn_bn": fcn_bn,
         "model.decoder_bn": decoder_bn,
@@ -225,7 +249,9 @@ def trial(
         "model.dropout": dropout,
         "model.pretrained": pretrained,
         "model.weights_path": str(weights) if weights is not None else None,
-        "optim.name": optimizer,
+        "optim.name": optimizer if optimizer is None or ":" not in optimizer else None,
+        "optim.builder": optimizer if optimizer is not None and ":" in optimizer else None,
+        "optim.f_lr_modules": _names(f_lr_modules),
         "optim.lr": lr,
         "optim.f_lr": f_lr,
         "optim.weight_decay": weight_decay,
@@ -245,15 +271,23 @@ def trial(
         "tracking.entity": wandb_entity,
         "tracking.log_model": log_model,
     }
+    if optimizer is not None and ":" not in optimizer and cfg.optim.builder is not None:
+        # a built-in name given here replaces the config file's builder
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, builder=None))
     cfg = with_overrides(cfg, overrides)
 
     from harness.fit import fit
+    from harness.plugins import UserCodeError
     from harness.tracking import make_tracker
 
     console = None if quiet else _console()
     if console is not None:
         console.print(f"harness {__version__}: trial [bold]{cfg.name}[/] -> {cfg.run_dir}")
-    result = fit(cfg, console=console, tracker=make_tracker(cfg, console))
+    try:
+        result = fit(cfg, console=console, tracker=make_tracker(cfg, console))
+    except UserCodeError as exc:
+        exc.verbose = verbose  # cli.main prints the user code's traceback
+        raise
     line = (
         f"{result.status}: best val/mIoU {result.best_miou:.4f} at epoch {result.best_epoch}, "
         f"{result.wall_time_s:.1f}s, run folder {result.run_dir}"
@@ -263,6 +297,35 @@ def trial(
     (console or _console()).print(line, soft_wrap=True)
     if result.status == "failed":
         raise typer.Exit(1)
+
+
+def _model_args(cfg: TrialConfig, model: str | None, pairs: list[str] | None) -> Any:
+    """``--model-arg KEY=VALUE`` (VALUE read as a YAML scalar) over the config file's
+    ``model.args``; a different ``--model`` starts from none (args belong to their factory)."""
+    if not pairs:
+        return {} if model is not None and model != cfg.model.name else None
+    args = dict(cfg.model.args) if model is None or model == cfg.model.name else {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise HarnessError(f"--model-arg {pair!r}: must be KEY=VALUE with KEY a Python name")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, dict | list):
+            raise HarnessError(
+                f"--model-arg {pair!r}: VALUE must be a scalar (a list or mapping goes in the "
+                "config file's model.args)"
+            )
+        args[key.strip()] = value
+    return args
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 @app.command()
@@ -722,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except HarnessError as exc:
         _error(f"error: {exc}")
+        if getattr(exc, "verbose", False) and exc.__cause__ is not None:
+            cause = exc.__cause__  # the user code's own exception (harness trial --verbose)
+            print("".join(traceback.format_exception(cause)), file=sys.stderr, end="")
         return 2
     return rc if isinstance(rc, int) else 0
 

@@ -17,15 +17,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.config import OptimConfig
-from harness.optim import DECODER, ENCODER, build_optimizer, make_optimizer, param_groups
+from harness.config import OPTIMIZER_BUGS, OptimConfig
+from harness.errors import ConfigError
+from harness.optim import (
+    DECODER,
+    ENCODER,
+    build_optimizer,
+    build_user,
+    make_optimizer,
+    param_groups,
+)
 
-OPTIMIZER_BUGS = ("encoder-only-optimizer", "frozen-decoder", "zero-lr-decoder")
 DATA_BUGS = ("shuffled-masks",)
 
 
 def build_buggy_optimizer(model: nn.Module, cfg: OptimConfig, bug: str) -> torch.optim.Optimizer:
     """The optimiser as the bug would build it."""
+    needs = DECODER if bug in ("frozen-decoder", "zero-lr-decoder") else ENCODER
+    children = [name for name, _ in model.named_children()]
+    if needs not in children:
+        raise ConfigError(
+            f"train.inject_bug={bug!r}: the model has no module '{needs}' "
+            f"(its top-level children: {', '.join(children)})"
+        )
     if bug == "encoder-only-optimizer":
         # Exactly the story's line: a lower lr for the encoder ... and nothing else.
         # The FCN, decoder and head are never stepped and keep their random init.
@@ -47,11 +61,16 @@ def build_buggy_optimizer(model: nn.Module, cfg: OptimConfig, bug: str) -> torch
     raise ValueError(f"unknown bug {bug!r}")
 
 
-def optimizer_for(model: nn.Module, cfg: OptimConfig, bug: str | None) -> torch.optim.Optimizer:
-    """The trial's optimiser: the correct one unless ``bug`` is an optimiser bug."""
+def optimizer_for(
+    model: nn.Module, cfg: OptimConfig, bug: str | None
+) -> tuple[torch.optim.Optimizer, Any]:
+    """The trial's optimiser and the user builder's scheduler (None unless ``optim.builder``
+    returned one): the correct one unless ``bug`` is an optimiser bug (never with a builder)."""
     if bug in OPTIMIZER_BUGS:
-        return build_buggy_optimizer(model, cfg, bug)
-    return build_optimizer(model, cfg)
+        return build_buggy_optimizer(model, cfg, bug), None
+    if cfg.builder is not None:
+        return build_user(model, cfg)
+    return build_optimizer(model, cfg), None
 
 
 class ShiftedMasks(torch.utils.data.Dataset):

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
         "harness.palette",
         "harness.metrics",
         "harness.callbacks",
+        "harness.plugins",
         "harness.config",
     ),
     ("harness.data",),

@@ -19,6 +19,7 @@ import yaml
 
 from harness.config.validate import check_choice, check_positive, coerce, fail
 from harness.errors import ConfigError
+from harness.plugins import is_import_path
 
 OVERLAP_POLICIES = ("max-class", "area-desc", "ignore")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -30,6 +31,8 @@ INJECTABLE_BUGS = (
     "zero-lr-decoder",  # the decoder's optimiser group has lr 0
     "shuffled-masks",  # training masks paired with the wrong images
 )
+# the injected bugs that build the optimiser themselves: not with a user's optim.builder
+OPTIMIZER_BUGS = ("encoder-only-optimizer", "frozen-decoder", "zero-lr-decoder")
 TRACKING_BACKENDS = ("wandb", "local", "none")
 N_POOLS = 5  # VGG16 has five 2x2/2 max pools
 
@@ -75,9 +78,34 @@ class DataConfig:
             )
 
 
+def _check_import_path_or(name: str, value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices and not is_import_path(value):
+        fail(name, value, f"must be one of {', '.join(choices)} or an import path {what}")
+
+
+def _plain_mapping(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        fail(name, value, "must be a mapping of keyword arguments")
+    for key in value:
+        if not isinstance(key, str) or not key.isidentifier():
+            fail(name, dict(value), f"key {key!r} is not a Python argument name")
+    return dict(value)
+
+
+def _module_names(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        fail(name, value, "must be a list of top-level module names (e.g. [encoder])")
+    for item in value:
+        if not isinstance(item, str) or not item.isidentifier():
+            fail(name, list(value), f"{item!r} is not a top-level module name")
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "deconvnet"  # or deeplabv1
+    # deconvnet, deeplabv1, or a user factory package.module:factory (README "Your own model")
+    name: str = "deconvnet"
+    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of a user factory
     encoder_bn: bool = True
     fcn_bn: bool = True
     decoder_bn: bool = True  # deeplabv1: ignored (its decoder is the classifier alone)
@@ -90,8 +118,20 @@ class ModelConfig:
     pretrained: bool = False  # torchvision ImageNet weights for the encoder
     weights_path: str | None = None  # a local state dict for the encoder (or the whole model)
 
+    @property
+    def user(self) -> bool:
+        """A user factory (an import path), not a built-in model."""
+        return self.name not in MODELS
+
     def __post_init__(self) -> None:
-        check_choice("model.name", self.name, MODELS)
+        _check_import_path_or("model.name", self.name, MODELS, "package.module:factory")
+        object.__setattr__(self, "args", _plain_mapping("model.args", self.args))
+        if self.args and not self.user:
+            fail("model.args", self.args, f"only for a user factory, not model.name={self.name}")
+        if "num_classes" in self.args:
+            fail("model.args", self.args, "num_classes is the dataset's, not an argument to set")
+        if self.user and (self.pretrained or self.weights_path):
+            fail("model.name", self.name, "pretrained and weights_path are for built-in models")
         check_positive("model.width", self.width)
         if round(64 * self.width) < 1:
             fail("model.width", self.width, "must give at least one channel (width >= 1/64)")
@@ -118,9 +158,17 @@ class OptimConfig:
     momentum: float = 0.9  # SGD only
     scheduler: str = "none"
     poly_power: float = 0.9
+    builder: str | None = None  # a user optimiser builder package.module:function
+    # top-level modules at f_lr (the built-in builder's groups; frozen on purpose when f_lr=0)
+    f_lr_modules: tuple[str, ...] = ("encoder",)
 
     def __post_init__(self) -> None:
         check_choice("optim.name", self.name, OPTIMIZERS)
+        if self.builder is not None and not is_import_path(self.builder):
+            fail("optim.builder", self.builder, "must be an import path package.module:function")
+        object.__setattr__(
+            self, "f_lr_modules", _module_names("optim.f_lr_modules", self.f_lr_modules)
+        )
         check_positive("optim.lr", self.lr)
         check_positive("optim.f_lr", self.f_lr, allow_zero=True)
         check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
@@ -208,6 +256,13 @@ class TrialConfig:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
             fail("name", self.name, "must be letters, digits, '.', '_' or '-' (a folder name)")
+        if self.train.inject_bug in OPTIMIZER_BUGS and self.optim.builder is not None:
+            fail(
+                "train.inject_bug",
+                self.train.inject_bug,
+                f"an injected optimiser bug replaces the built-in optimiser; it does not combine"
+                f" with optim.builder={self.optim.builder}",
+            )
         # DeconvNet's fc6 has no padding; DeepLab v1's is padded and fits any size (>= 32 here)
         side = encoder_output_size(self.data.image_size)
         if self.model.name == "deconvnet" and side < self.model.fc_kernel:

@@ -11,6 +11,8 @@
   happened, Ctrl-C and crashes included, so the record always says how the trial ended.
 """
 
+# size: fit's three steps and the state they share read best in one file (its small pieces are in
+# loop.py, guards.py, runtime.py and record.py)
 from __future__ import annotations
 
 import dataclasses
@@ -40,6 +42,7 @@ from harness.data.loaders import load_data, make_loaders
 from harness.errors import ConfigError, HarnessError
 from harness.faults import optimizer_for, train_set_for
 from harness.files import save_checkpoint
+from harness.fit.guards import code_record, has_batchnorm, one_batch
 from harness.fit.loop import (
     NonFiniteLoss,
     count_params,
@@ -50,8 +53,8 @@ from harness.fit.loop import (
 )
 from harness.fit.record import RunRecord, ensure_free
 from harness.fit.runtime import Runtime, apply_cudnn, compile_error, compiled, resolve_runtime
-from harness.models import build_model
-from harness.optim import build_scheduler, frozen_modules, group_lrs
+from harness.models import build_model, check_output
+from harness.optim import build_scheduler, check_f_lr_modules, frozen_modules, group_lrs
 from harness.progress import bar
 from harness.tracking import Tracker, make_tracker
 
@@ -94,6 +97,8 @@ class FitState:
     evidence: dict[str, str]  # flag -> evidence, in the order the flags were raised
     runtime: Runtime
     net: nn.Module  # what runs the forward pass: the model, or torch.compile of it
+    scheduler: Any = None  # a user builder's own scheduler (else built from cfg.optim)
+    code: dict[str, Any] = field(default_factory=dict)  # user code: import path, args, sha256
     record: RunRecord | None = None
     tracker: Tracker | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -149,7 +154,8 @@ def fit(
     """
     state = _setup(cfg, callbacks, data)
     state.record = RunRecord(cfg.run_dir)
-    state.record.write_config(cfg, {"dataset": state.bundle.info, "harness_version": __version__})
+    extra = {"dataset": state.bundle.info, "harness_version": __version__}
+    state.record.write_config(cfg, extra | ({"code": state.code} if state.code else {}))
     state.record.write_audit({**state.audit.to_dict(), "enabled": cfg.train.audit})
     if console is not None:
         _print_audit(console, state, verbose)
@@ -212,7 +218,8 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
     model = build_model(cfg.model, num_classes=len(bundle.class_names)).to(device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = optimizer_for(model, cfg.optim, cfg.train.inject_bug)
+    check_f_lr_modules(model, cfg.optim)
+    optimizer, scheduler = optimizer_for(model, cfg.optim, cfg.train.inject_bug)
     audit = audit_param_groups(model, optimizer, frozen_on_purpose=frozen_modules(cfg.optim))
     if not cfg.train.audit:
         # switched off (e.g. to see what the other layers catch alone): the module table stays
@@ -228,12 +235,17 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
     )
     if len(train_loader) == 0:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: no training batch fits")
-    if len(bundle.train) < 2 and _has_batchnorm(model):
+    if len(bundle.train) < 2 and has_batchnorm(model):
         # every batch would hold one image, and BatchNorm cannot train on a batch of one
         raise ConfigError(
             f"data: the training set holds {len(bundle.train)} image; a model with BatchNorm "
             "needs at least 2 per batch (add images, or lower data.val_fraction)"
         )
+    if cfg.model.user and len(
+        bundle.val
+    ):  # built-in models are known to fit; their RNG stream stays untouched
+        images = one_batch(bundle.val, cfg.train.batch_size)
+        check_output(model, images, len(bundle.class_names), device, cfg.model.name)
     audit_evidence = {audit_flag(f.code): f.message for f in audit.findings}
     return FitState(
         cfg=cfg,
@@ -249,12 +261,10 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
         evidence=audit_evidence | evidence,
         runtime=runtime,
         net=compiled(model, runtime),
+        scheduler=scheduler,
+        code=code_record(cfg),
         best_iou=[math.nan] * len(bundle.class_names),
     )
-
-
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _print_audit(console: Console, state: FitState, verbose: bool) -> None:
@@ -281,7 +291,9 @@ def _print_audit(console: Console, state: FitState, verbose: bool) -> None:
 def _run_epochs(state: FitState, console: Console | None, verbose: bool, label: str) -> None:
     cfg = state.cfg
     steps_per_epoch = len(state.train_loader)
-    scheduler = build_scheduler(state.optimizer, cfg.optim, cfg.train.epochs * steps_per_epoch)
+    scheduler = state.scheduler or build_scheduler(
+        state.optimizer, cfg.optim, cfg.train.epochs * steps_per_epoch
+    )
     bf16 = torch.cuda.is_bf16_supported() if state.amp else False
     scaler = torch.amp.GradScaler("cuda") if state.amp and not bf16 else None
     criterion = nn.CrossEntropyLoss(ignore_index=state.bundle.ignore_index)
@@ -471,6 +483,7 @@ def _finalize(state: FitState) -> TrialResult:
         "num_params": count_params(state.model),
         "harness_version": __version__,
         "tracking": state.tracker.info(),
+        **({"code": state.code} if state.code else {}),
     }
     state.record.write_summary(summary)
     state.tracker.finish(summary)

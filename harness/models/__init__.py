@@ -13,12 +13,14 @@ from harness.models.deconvnet import (
     load_weights,
 )
 from harness.models.deeplabv1 import DeepLabV1, build_deeplabv1
+from harness.models.user import build_user_model, check_output
 
 __all__ = [
     "MODEL_PARTS",
     "DeconvNet",
     "DeepLabV1",
     "build_model",
+    "check_output",
     "encoder_state_from_vgg",
     "load_pretrained",
     "load_weights",
@@ -34,8 +36,11 @@ def build_model(cfg: ModelConfig, num_classes: int, *, progress: bool = True) ->
     """Build ``cfg.name`` for ``num_classes`` classes, with pretrained or local weights if asked.
 
     ``progress`` shows a download bar for ``cfg.pretrained``. Raises WeightsError when weights
-    cannot be had or do not fit.
+    cannot be had or do not fit. A user factory (``cfg.user``) is imported and called with
+    ``num_classes`` and ``cfg.args``; fit checks its output on one batch (``check_output``).
     """
+    if cfg.user:
+        return build_user_model(cfg, num_classes)
     if cfg.name == "deconvnet":
         return build_deconvnet(cfg, num_classes, progress=progress)
     if cfg.name == "deeplabv1":

@@ -20,6 +20,7 @@ from harness.data.coco import CocoSplit
 from harness.data.transforms import IGNORE_INDEX
 from harness.files import atomic_write, dumps
 from harness.fit.loop import autocast, resolve_device
+from harness.fit.runtime import auto_num_workers
 from harness.metrics import SegMetrics
 from harness.predict.inputs import (
     FORMATS,
@@ -179,7 +180,12 @@ def predict(
         PredictSet(chosen, coco, cfg, truth),
         batch_size=batch_size or cfg.train.batch_size,
         shuffle=False,
-        num_workers=cfg.data.num_workers,
+        # the run's own setting, or the auto value the trainer would pick on this device
+        num_workers=(
+            cfg.data.num_workers
+            if cfg.data.num_workers is not None
+            else auto_num_workers(dev.type, torch.get_num_threads())
+        ),
         collate_fn=collate,
     )
     predictor = _Predictor(

@@ -21,6 +21,7 @@ from torch import nn
 
 from harness import __version__
 from harness.config import FLAT_KEYS, TrialConfig
+from harness.plugins import source_record
 from harness.secrets import redact
 from harness.tracking.base import Say, say_once, stderr
 from harness.tracking.panels import PanelTracker
@@ -77,7 +78,18 @@ def run_config(
         "dataset": dict(dataset),
         "class_names": list(class_names),
         "harness_version": __version__,
+        **code_config(cfg),
     }
+
+
+def code_config(cfg: TrialConfig) -> dict[str, Any]:
+    """``model_source`` / ``optimizer_source``: the user code's import path, args and sha256."""
+    out: dict[str, Any] = {}
+    if cfg.model.user:
+        out["model_source"] = source_record(cfg.model.name, "model.name", cfg.model.args)
+    if cfg.optim.builder is not None:
+        out["optimizer_source"] = source_record(cfg.optim.builder, "optim.builder")
+    return out
 
 
 def _clean_tag(tag: str) -> str:

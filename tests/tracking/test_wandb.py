@@ -70,11 +70,12 @@ def read_wandb_run(run_dir: Path) -> dict:
 
 
 def _norm(value):
-    """NaN is null in the local record, "NaN" or null in W&B's JSON: compare them as one."""
+    """NaN is null in the local record, "NaN" or null in W&B's JSON: compare them as one. W&B
+    drops empty mappings (``model.args: {}``) from a run's config."""
     if value is None or value == "NaN" or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, dict):
-        return {k: _norm(v) for k, v in value.items()}
+        return {k: _norm(v) for k, v in value.items() if v != {}}
     if isinstance(value, list | tuple):
         return [_norm(v) for v in value]
     return value
