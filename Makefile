@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # matplotlib's cache goes under runs/, not the home folder (W&B keeps its files in the run folder)
 export MPLCONFIGDIR := $(CURDIR)/runs/.mplconfig
 
-.PHONY: install test test-fast test-deps sweep bug-demo bug-demo-blind report trial lint bench clean
+.PHONY: story story-blind install test test-fast test-deps sweep bug-demo bug-demo-blind report trial lint bench clean
 
 install: $(STAMP)
 
@@ -48,6 +48,18 @@ bug-demo: $(STAMP)
 bug-demo-blind: $(STAMP)
 	$(BIN)/harness sweep sweeps/bug-demo.yaml --study bug-demo-blind --no-audit --no-monitor
 	$(BIN)/harness report bug-demo-blind
+
+# The story with the user's own code (examples/story: their DeconvNet and their optimiser line):
+# every trial is flagged by the audit, the update monitor and the learning check.
+story: $(STAMP)
+	PYTHONPATH=examples/story $(BIN)/harness sweep examples/story/story.yaml
+	PYTHONPATH=examples/story $(BIN)/harness report story
+
+# The same code where the bug depends on a parameter (f_lr < lr), with no structural check:
+# the study-level detector flags the buggy trials and says what they share.
+story-blind: $(STAMP)
+	PYTHONPATH=examples/story $(BIN)/harness sweep examples/story/story-blind.yaml --no-audit --no-monitor
+	PYTHONPATH=examples/story $(BIN)/harness report story-blind
 
 # One self-contained HTML page of a study: runs/$(STUDY)/report/report.html (+ the PNGs).
 STUDY ?= default
