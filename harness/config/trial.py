@@ -279,7 +279,16 @@ class TrialConfig:
         return Path(self.out_dir) / self.name
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as plain YAML/JSON values (tuples as lists): what config.yaml holds."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 # --- building configs from YAML and overrides -------------------------------------------------
