@@ -33,7 +33,9 @@ def _sweep_file(tiny_data, tmp_path, space, n_trials=3):
     return path
 
 
-TRIAL_LINE = re.compile(r"^trial (\d+) (complete|pruned|fail)\b.*\| best .*\| \d+/\d+ done$")
+TRIAL_LINE = re.compile(
+    r"^trial (\d+) (complete|pruned|fail)\b.*\| (best .*|no best yet) \| \d+/\d+ done$"
+)
 
 
 def _trial_lines(out: str) -> list[str]:
