@@ -78,7 +78,7 @@ def report(study):
 def _render(path: Path) -> str:
     """The DOM chromium builds from the page: the inline check writes body[data-render]."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert exe, "chromium is missing: apt-get install -y chromium (see .ci/run)"
+    assert exe, "chromium is missing: bash scripts/install-test-deps.sh (make test runs it)"
     proc = subprocess.run(
         [
             exe,

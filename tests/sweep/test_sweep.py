@@ -279,8 +279,8 @@ def postgres():
     """A throwaway PostgreSQL cluster; yields a URL with a password (trust auth ignores it)."""
     bindir = _pg_bin()
     if bindir is None:
-        # no skip: the PostgreSQL storage must be tested; .ci/run installs the server
-        pytest.fail("PostgreSQL server binaries missing: apt-get install postgresql (.ci/run does)")
+        # no skip: the PostgreSQL storage must be tested; scripts/install-test-deps.sh installs it
+        pytest.fail("PostgreSQL server missing: bash scripts/install-test-deps.sh (make test runs it)")
     root = Path(tempfile.mkdtemp(prefix="harness-pg-", dir="/tmp"))
     as_pg: list[str] = []
     if os.geteuid() == 0:  # initdb refuses root
