@@ -280,7 +280,7 @@ def postgres():
     bindir = _pg_bin()
     if bindir is None:
         # no skip: the PostgreSQL storage must be tested; scripts/install-test-deps.sh installs it
-        pytest.fail("PostgreSQL server missing: bash scripts/install-test-deps.sh (make test runs it)")
+        pytest.fail("PostgreSQL server missing: run bash scripts/install-test-deps.sh")
     root = Path(tempfile.mkdtemp(prefix="harness-pg-", dir="/tmp"))
     as_pg: list[str] = []
     if os.geteuid() == 0:  # initdb refuses root
