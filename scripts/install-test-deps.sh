@@ -8,15 +8,15 @@ me=install-test-deps
 pkgs=()
 whys=()
 
-# tests/test_sweep.py finds the server binaries at /usr/lib/postgresql/*/bin/initdb
+# tests/sweep/test_sweep.py finds the server binaries at /usr/lib/postgresql/*/bin/initdb
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     pkgs+=(postgresql)
-    whys+=("tests/test_sweep.py starts a throwaway PostgreSQL server to test the shared study storage")
+    whys+=("tests/sweep/test_sweep.py starts a throwaway PostgreSQL server to test the shared study storage")
 fi
-# tests/test_report.py looks for `chromium` (or `chromium-browser`) on PATH
+# tests/report/test_study.py looks for `chromium` (or `chromium-browser`) on PATH
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
     pkgs+=(chromium)
-    whys+=("tests/test_report.py renders the study report in headless chromium")
+    whys+=("tests/report/test_study.py renders the study report in headless chromium")
 fi
 
 if ((${#pkgs[@]} == 0)); then
