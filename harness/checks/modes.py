@@ -44,20 +44,21 @@ class EvalModeCheck:
         self.model = model
         self.intended = tuple(intended)
         self.modules = [(name, m) for name, m in model.named_modules() if _behaves_differently(m)]
+        self.total: dict[str, int] = {}  # such modules per top-level module, for the evidence
+        for name, _ in self.modules:
+            self.total[_top(name)] = self.total.get(_top(name), 0) + 1
 
     def check(self, step: int) -> tuple[dict[str, str], dict[str, str]]:
         """``(flagged, intended)``: ``eval-mode:<module>`` with its evidence, split by whether
         the modules were declared intended. Nothing while no such module is in eval mode."""
         off: dict[str, list[tuple[str, nn.Module]]] = {}
-        total: dict[str, int] = {}
-        for name, m in self.modules:
-            total[_top(name)] = total.get(_top(name), 0) + 1
+        for name, m in self.modules:  # every step: only the mode flags are read here
             if not m.training:
                 off.setdefault(_top(name), []).append((name, m))
         flagged: dict[str, str] = {}
         intended: dict[str, str] = {}
         for top, mods in off.items():
-            text = self._evidence(top, mods, total[top], step)
+            text = self._evidence(top, mods, self.total[top], step)
             if all(_covered(name, self.intended) for name, _ in mods):
                 intended[eval_mode(top)] = text
             else:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 from torch import nn
 
 from harness.config import ModelConfig
@@ -23,6 +27,7 @@ __all__ = [
     "check_output",
     "encoder_state_from_vgg",
     "load_pretrained",
+    "load_trained",
     "load_weights",
 ]
 
@@ -46,3 +51,13 @@ def build_model(cfg: ModelConfig, num_classes: int, *, progress: bool = True) ->
     if cfg.name == "deeplabv1":
         return build_deeplabv1(cfg, num_classes, progress=progress)
     raise ValueError(f"model.name={cfg.name!r}: no such model")  # ModelConfig already checks
+
+
+def load_trained(cfg: ModelConfig, num_classes: int, state: Mapping[str, Any]) -> nn.Module:
+    """A trained model from a checkpoint's state dict (``best.pt``'s ``model``). The checkpoint
+    holds every weight: no pretrained download or weights file is needed. Raises RuntimeError
+    when the weights do not fit the model the config describes."""
+    model_cfg = dataclasses.replace(cfg, pretrained=False, weights_path=None)
+    model = build_model(model_cfg, num_classes, progress=False)
+    model.load_state_dict(state)
+    return model

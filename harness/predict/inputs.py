@@ -22,7 +22,7 @@ from harness.data.synth import builtin_path
 from harness.data.transforms import IGNORE_INDEX, val_transforms
 from harness.errors import ConfigError, HarnessError
 from harness.files import load_checkpoint
-from harness.models import build_model
+from harness.models import load_trained
 
 FORMATS = ("csv", "png")
 TTA_MODES = ("none", "flip")
@@ -92,11 +92,8 @@ def load_run_checkpoint(target: Path | str) -> Checkpoint:
 
 
 def build_checkpoint_model(ckpt: Checkpoint, device: torch.device) -> nn.Module:
-    # the checkpoint holds every weight: no pretrained download or weights file needed
-    model_cfg = dataclasses.replace(ckpt.cfg.model, pretrained=False, weights_path=None)
-    model = build_model(model_cfg, len(ckpt.class_names), progress=False)
     try:
-        model.load_state_dict(ckpt.state)
+        model = load_trained(ckpt.cfg.model, len(ckpt.class_names), ckpt.state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PredictError(

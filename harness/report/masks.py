@@ -3,7 +3,6 @@ trainer's fixed val images predicted and drawn beside the ground truth."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from harness.config import config_from_dict
 from harness.data.loaders import load_data
 from harness.errors import HarnessError
 from harness.files import load_checkpoint
-from harness.models import build_model
+from harness.models import load_trained
 from harness.palette import class_palette
 from harness.report.plots import save_chart
 from harness.report.trials import TrialInfo
@@ -52,12 +51,9 @@ def predict_best_masks(info: TrialInfo) -> MaskSet | str:
         )
     try:
         cfg = config_from_dict(info.config)
-        # the checkpoint holds every weight: no pretrained download or weights file needed
-        model_cfg = dataclasses.replace(cfg.model, pretrained=False, weights_path=None)
         bundle = load_data(cfg)
-        model = build_model(model_cfg, len(bundle.class_names), progress=False)
         state = load_checkpoint(ckpt)
-        model.load_state_dict(state["model"])
+        model = load_trained(cfg.model, len(bundle.class_names), state["model"])
         # the trainer's panel size, so these are the very images W&B shows per epoch
         k = cfg.tracking.media_images if cfg.tracking.media_images > 0 else 4
         panel = MaskPanel.build(
