@@ -40,6 +40,7 @@ from harness.config import TrialConfig, with_overrides
 from harness.config.sweep import load_spec, with_options
 from harness.data.loaders import load_data, make_loaders
 from harness.fit import fit, resolve_device, seed_everything
+from harness.fit.runtime import trial_runtime
 from harness.models import build_model
 from harness.optim import build_optimizer
 from harness.sweep.attrs import attrs_of
@@ -58,7 +59,14 @@ def bare_loop_throughput(cfg: TrialConfig, bundle, epochs: int) -> list[float]:
     model = build_model(cfg.model, num_classes=bundle.num_classes).to(device)
     optimizer = build_optimizer(model, cfg.optim)
     criterion = nn.CrossEntropyLoss(ignore_index=bundle.ignore_index)
-    train_loader, _ = make_loaders(bundle, cfg, device)
+    rt = trial_runtime(cfg, device)  # the loader settings fit would use on this device
+    train_loader, _ = make_loaders(
+        bundle,
+        cfg,
+        num_workers=rt.num_workers,
+        pin_memory=rt.pin_memory,
+        persistent_workers=rt.persistent_workers,
+    )
     rates = []
     for _ in range(epochs):
         model.train()

@@ -26,23 +26,15 @@ def load_data(cfg: TrialConfig) -> DataBundle:
 def make_loaders(
     bundle: Any,
     cfg: TrialConfig,
-    device: torch.device,
     *,
-    num_workers: int | None = None,
-    pin_memory: bool | None = None,
-    persistent_workers: bool | None = None,
+    num_workers: int,
+    pin_memory: bool,
+    persistent_workers: bool,
 ) -> tuple[DataLoader, DataLoader]:
-    """The train and val loaders; the loader settings as ``fit`` resolved them (see
-    ``harness.fit.runtime``), else the config's, with its auto values taken as on the CPU
-    (no workers) except pinning on CUDA."""
+    """The train and val loaders, with the loader settings resolved for the device
+    (``harness.fit.runtime.trial_runtime``: the config's auto values made concrete)."""
     bs = cfg.train.batch_size
-    workers = num_workers if num_workers is not None else (cfg.data.num_workers or 0)
-    if pin_memory is None:
-        pin_memory = (
-            cfg.data.pin_memory if cfg.data.pin_memory is not None else device.type == "cuda"
-        )
-    if persistent_workers is None:
-        persistent_workers = cfg.data.persistent_workers is not False
+    workers = num_workers
     common: dict[str, Any] = {
         "num_workers": workers,
         "pin_memory": pin_memory,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from harness.fit.loop import (
     train_one_epoch,
 )
 from harness.fit.record import RunRecord, ensure_free
-from harness.fit.runtime import Runtime, apply_cudnn, compile_error, compiled, resolve_runtime
+from harness.fit.runtime import Runtime, apply_cudnn, compile_error, compiled, trial_runtime
 from harness.models import build_model, check_output
 from harness.optim import build_scheduler, check_f_lr_modules, frozen_modules, group_lrs
 from harness.progress import bar
@@ -200,13 +199,7 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
     start = time.perf_counter()
     ensure_free(cfg.run_dir)
     device = resolve_device(cfg.train.device)
-    runtime = resolve_runtime(
-        cfg,
-        device,
-        cores=torch.get_num_threads(),  # a sweep worker's share of the machine
-        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
-        env_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
-    )
+    runtime = trial_runtime(cfg, device)
     seed_everything(cfg.train.seed)
     apply_cudnn(runtime)
     bundle = data if data is not None else load_data(cfg)
@@ -228,7 +221,6 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
     train_loader, val_loader = make_loaders(
         bundle,
         cfg,
-        device,
         num_workers=runtime.num_workers,
         pin_memory=runtime.pin_memory,
         persistent_workers=runtime.persistent_workers,

@@ -11,6 +11,7 @@ unchanged.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,18 @@ def resolve_runtime(
         amp=("bfloat16" if bf16 else "float16") if train.amp and cuda else None,
         channels_last=train.channels_last and cuda,
         compile=train.compile,
+    )
+
+
+def trial_runtime(cfg: TrialConfig, device: torch.device) -> Runtime:
+    """``resolve_runtime`` for this process: its thread share, the device's bf16 support and
+    ``CUDA_VISIBLE_DEVICES`` (what ``fit`` and the benchmarks' bare loop both train with)."""
+    return resolve_runtime(
+        cfg,
+        device,
+        cores=torch.get_num_threads(),  # a sweep worker's share of the machine
+        bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+        env_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
     )
 
 
