@@ -733,27 +733,46 @@ def bench(
         str | None,
         typer.Option(
             help="Comma-separated benchmarks to run: a (mask cache), b (fit overhead), "
-            "c (W&B overhead), d (pruning), eda, outliers (study-level detector, simulated). "
-            "Default: all."
+            "c (W&B overhead), d (pruning), eda, outliers (study-level detector, simulated), "
+            "gpu (the GPU check; only when named). Default: all but gpu."
         ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="The GPU check's device: cuda (default), cuda:N, or cpu (small model)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="The GPU check writes gpu-check.json and gpu-check.txt here."),
     ] = None,
 ) -> None:
     """Benchmarks, each a ratio measured in one run: (a) mask cache vs pycocotools decoding,
     (b) fit vs a bare PyTorch loop, (c) W&B offline vs no tracking, (d) median pruning vs none
     on the default study, (eda) harness eda on a competition-sized set, (outliers) the study-level
-    detector on simulated studies."""
-    from harness.bench.run import BENCHMARKS, run_benchmarks
+    detector on simulated studies; (gpu) the GPU check (paper-size DeconvNet at 512)."""
+    from harness.bench import BENCHMARKS, GPU_CHECK
 
     names: tuple[str, ...] = BENCHMARKS
     if only is not None:
         names = tuple(n.strip() for n in only.split(",") if n.strip())
-        unknown = [n for n in names if n not in BENCHMARKS]
+        unknown = [n for n in names if n not in (*BENCHMARKS, GPU_CHECK)]
         if unknown or not names:
             raise HarnessError(
                 f"--only: {', '.join(unknown) or repr(only)} is not a benchmark "
-                f"(choose from {', '.join(BENCHMARKS)})"
+                f"(choose from {', '.join((*BENCHMARKS, GPU_CHECK))})"
             )
-    run_benchmarks(quick=quick, only=names)
+    if GPU_CHECK not in names and (device is not None or out is not None):
+        flag = "--device" if device is not None else "--out"
+        raise HarnessError(f"{flag}: only for the GPU check (--only gpu)")
+    rest = [n for n in names if n != GPU_CHECK]
+    if rest:  # these need Optuna and W&B; the GPU check needs neither, so it runs on a bare box
+        from harness.bench.run import run_benchmarks
+
+        run_benchmarks(quick=quick, only=rest)
+    if GPU_CHECK in names:
+        from harness.bench.gpu_report import run_gpu_check
+
+        run_gpu_check(device=device or "cuda", quick=quick, out=out)
 
 
 @app.callback(invoke_without_command=True)

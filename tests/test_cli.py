@@ -88,6 +88,9 @@ def test_injected_bug_warns_loudly(tiny_data, tmp_path, monkeypatch, capsys):
         ),
         (["bench", "--only", "d,x"], "error: --only: x is not a benchmark (choose from a, b, c,"),
         (["bench", "--only", ","], "error: --only: ',' is not a benchmark"),
+        (["bench", "--only", "a", "--device", "cpu"], "error: --device: only for the GPU check"),
+        (["bench", "--out", "x"], "error: --out: only for the GPU check (--only gpu)"),
+        (["bench", "--only", "gpu", "--device", "tpu"], "error: --device 'tpu': must be cpu,"),
     ],
 )
 def test_bad_values_give_one_line_and_exit_2(args, message, tmp_path, monkeypatch, capsys):

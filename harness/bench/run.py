@@ -1,9 +1,9 @@
 """Benchmarks that print ratios measured in one run (not timed tests: machines are noisy).
 
 (a) masks: reading decoded masks from the cache vs decoding them with pycocotools every time.
-(b) overhead: ``fit``'s training throughput vs a bare PyTorch loop over the same model, batches
-    and device. Runs alternate (bare, fit, bare, fit, ...) and the median epoch throughput of each
-    is compared, so drift in machine load hits both sides alike.
+(b) overhead: ``fit``'s training throughput vs a bare PyTorch loop (``bare.py``) over the same
+    model, batches, device and settings. Runs alternate (bare, fit, bare, fit, ...) and the
+    median epoch throughput of each is compared, so drift in machine load hits both sides alike.
 (c) W&B: trial throughput (training images / trial wall time, which includes W&B's start, the
     mask panels and finish) with ``--tracking wandb`` (offline) vs ``--tracking none``, in
     rounds of one trial each, back to back (the order flips every round); the median of the
@@ -32,17 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from torch import nn
 
+from harness.bench import BENCHMARKS
+from harness.bench.bare import bare_loop_throughput
 from harness.bench.fixtures import bench_eda, bench_masks
 from harness.bench.outliers import report_outliers
 from harness.config import TrialConfig, with_overrides
 from harness.config.sweep import load_spec, with_options
-from harness.data.loaders import load_data, make_loaders
-from harness.fit import fit, resolve_device, seed_everything
-from harness.fit.runtime import trial_runtime
-from harness.models import build_model
-from harness.optim import build_optimizer
+from harness.data.loaders import load_data
+from harness.fit import fit
 from harness.sweep.attrs import attrs_of
 from harness.sweep.pruner import median_replay, replay_of
 from harness.sweep.storage import storage_url
@@ -50,36 +48,6 @@ from harness.sweep.study import create_study
 from harness.sweep.view import best_trial, trials_of
 from harness.sweep.workers import run_sweep
 from harness.tracking import Tracker, make_tracker
-
-
-def bare_loop_throughput(cfg: TrialConfig, bundle, epochs: int) -> list[float]:
-    """The loop anyone would write by hand: images/s of each epoch's training pass."""
-    device = resolve_device(cfg.train.device)
-    seed_everything(cfg.train.seed)
-    model = build_model(cfg.model, num_classes=bundle.num_classes).to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    criterion = nn.CrossEntropyLoss(ignore_index=bundle.ignore_index)
-    rt = trial_runtime(cfg, device)  # the loader settings fit would use on this device
-    train_loader, _ = make_loaders(
-        bundle,
-        cfg,
-        num_workers=rt.num_workers,
-        pin_memory=rt.pin_memory,
-        persistent_workers=rt.persistent_workers,
-    )
-    rates = []
-    for _ in range(epochs):
-        model.train()
-        n, start = 0, time.perf_counter()
-        for images, masks in train_loader:
-            images, masks = images.to(device), masks.to(device)
-            loss = criterion(model(images), masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n += images.shape[0]
-        rates.append(n / (time.perf_counter() - start))
-    return rates
 
 
 def bench_overhead(cfg: TrialConfig, rounds: int = 3, epochs: int = 2) -> dict[str, float]:
@@ -234,9 +202,6 @@ def pruning_setup(sweep_file: Path, quick: bool = False) -> str:
         f"{spec.pruner.n_warmup_epochs}, majority floor "
         f"{'on' if spec.pruner.majority_floor else 'off'}; flagged trials out of its median)"
     )
-
-
-BENCHMARKS = ("a", "b", "c", "d", "eda", "outliers")
 
 
 def run_benchmarks(quick: bool = False, only: Collection[str] = BENCHMARKS) -> None:

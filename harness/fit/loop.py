@@ -39,6 +39,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work: CUDA runs asynchronously, so a timer read without this
+    misses the steps still in flight (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
     if not enabled:
         return contextlib.nullcontext()
@@ -88,6 +95,7 @@ def train_one_epoch(
         advance(info=f"loss {value:.3f}")
         if on_step is not None:
             on_step(step, value)
+    synchronize(device)  # the last step's backward and update are still queued on CUDA
     seconds = time.perf_counter() - start
     return {
         "loss": loss_sum / max(n_images, 1),
