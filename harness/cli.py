@@ -37,6 +37,9 @@ from harness.errors import HarnessError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+# harness.sweep.ranks.LINK_ENV, spelled out: importing the sweep package would import optuna
+SWEEP_LINK_ENV = "HARNESS_SWEEP_LINK"
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -298,8 +301,9 @@ def trial(
     console = None if quiet or not main_rank else _console()
     if console is not None:
         console.print(f"harness {__version__}: trial [bold]{cfg.name}[/] -> {cfg.run_dir}")
+    from_sweep = main_rank and SWEEP_LINK_ENV in os.environ
     try:
-        callbacks, tracker = _trial_links(cfg, console, main_rank)
+        callbacks, tracker = _trial_links(cfg, console, main_rank, from_sweep)
         result = fit(cfg, console=console, callbacks=callbacks, tracker=tracker, dist=dist)
     except UserCodeError as exc:
         exc.verbose = verbose  # cli.main prints the user code's traceback
@@ -314,7 +318,7 @@ def trial(
         raise typer.Exit(1) from None
     finally:
         distributed.teardown(dist)
-    if not main_rank or tracker_is_sweeps(callbacks):
+    if not main_rank or from_sweep:
         # the other ranks stay quiet; a sweep's worker prints its own line per trial
         raise typer.Exit(1 if result.status == "failed" else 0)
     line = (
@@ -328,22 +332,20 @@ def trial(
         raise typer.Exit(1)
 
 
-def tracker_is_sweeps(callbacks: list[Any]) -> bool:
-    return bool(callbacks)  # only a sweep's linked trial has callbacks of its own here
-
-
-def _trial_links(cfg: TrialConfig, console: Any, main_rank: bool) -> tuple[list[Any], Any]:
+def _trial_links(
+    cfg: TrialConfig, console: Any, main_rank: bool, from_sweep: bool
+) -> tuple[list[Any], Any]:
     """The callbacks and tracker of ``fit``: a sweep's pruning and W&B group when a sweep
     started this trial on several processes (rank 0 reports to the study itself), else none
     and the tracker the config names. Other ranks: none (``fit`` gives them a silent tracker)."""
-    from harness.sweep.linked import linked_trial
     from harness.tracking import make_tracker
 
     if not main_rank:
         return [], None
-    linked = linked_trial(cfg, console)
-    if linked is not None:
-        return linked
+    if from_sweep:  # optuna is imported only then: a plain trial starts as fast as before
+        from harness.sweep.linked import linked_trial
+
+        return linked_trial(cfg, console)
     return [], make_tracker(cfg, console)
 
 

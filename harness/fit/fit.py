@@ -208,7 +208,6 @@ def fit(
 # --- setup: everything that can be refused, before anything is written --------------------------
 
 
-# long: the order of the setup steps is the point (see the module docstring); each is one call
 def _setup(
     cfg: TrialConfig, callbacks: Sequence[Callback], data: Any, dist: DistContext | None
 ) -> FitState:

@@ -17,13 +17,10 @@ from harness.sweep.study import make_pruner
 from harness.tracking import Tracker
 
 
-def linked_trial(cfg: TrialConfig, console: Any) -> tuple[list[Callback], Tracker] | None:
+def linked_trial(cfg: TrialConfig, console: Any) -> tuple[list[Callback], Tracker]:
     """The pruning and study-outlier callbacks and the sweep's W&B tracker for the trial named
-    by ``HARNESS_SWEEP_LINK``; None when no sweep started this process."""
-    path = os.environ.get(LINK_ENV)
-    if not path:
-        return None
-    link = read_link(path)
+    by ``HARNESS_SWEEP_LINK`` (set by the sweep worker that started this process)."""
+    link = read_link(os.environ[LINK_ENV])
     spec = link.spec
     storage = open_storage(link.url, spec, heartbeat=False)  # the worker keeps the heartbeat
     optuna.logging.set_verbosity(optuna.logging.ERROR)
