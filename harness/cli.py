@@ -37,6 +37,9 @@ from harness.errors import HarnessError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+# harness.sweep.ranks.LINK_ENV, spelled out: importing the sweep package would import optuna
+SWEEP_LINK_ENV = "HARNESS_SWEEP_LINK"
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -60,6 +63,8 @@ Examples:
     harness trial --config runs/my-study/best.yaml  # reproduce a recorded config
 
     harness trial --inject-bug encoder-only-optimizer   # the story's bug, caught by the audit
+
+    harness trial --nproc 4                         # one trial on 4 GPUs (DDP, via torchrun)
 """
 
 
@@ -160,6 +165,14 @@ def trial(
     compile_model: Annotated[
         bool | None,
         typer.Option("--compile/--no-compile", help="torch.compile the model (default: off)."),
+    ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            help="Train on N processes with DistributedDataParallel, started through torchrun: "
+            "one per GPU (cuda:LOCAL_RANK, nccl), or N on the CPU (gloo). --batch-size is per "
+            "process (N x batch-size images per step)."
+        ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Parent folder of run folders.")] = None,
     name: Annotated[
@@ -276,18 +289,38 @@ def trial(
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, builder=None))
     cfg = with_overrides(cfg, overrides)
 
-    from harness.fit import fit
+    from harness.fit import distributed, fit
     from harness.plugins import UserCodeError
-    from harness.tracking import make_tracker
 
-    console = None if quiet else _console()
+    if nproc is not None and distributed.launched():
+        raise HarnessError(f"--nproc={nproc}: this process is already one of torchrun's ranks")
+    if nproc is not None and nproc != 1:
+        _launch_trial(cfg, nproc, quiet=quiet, verbose=verbose)
+    dist = distributed.from_env(cfg.train.device)  # a rank under torchrun, else None
+    main_rank = dist is None or dist.is_main
+    console = None if quiet or not main_rank else _console()
     if console is not None:
         console.print(f"harness {__version__}: trial [bold]{cfg.name}[/] -> {cfg.run_dir}")
+    from_sweep = main_rank and SWEEP_LINK_ENV in os.environ
     try:
-        result = fit(cfg, console=console, tracker=make_tracker(cfg, console))
+        callbacks, tracker = _trial_links(cfg, console, main_rank, from_sweep)
+        result = fit(cfg, console=console, callbacks=callbacks, tracker=tracker, dist=dist)
     except UserCodeError as exc:
         exc.verbose = verbose  # cli.main prints the user code's traceback
         raise
+    except Exception as exc:
+        if dist is None or isinstance(exc, HarnessError):
+            raise
+        # fit has recorded it; a rank that lost its peers says so in one line, not a traceback
+        _error(f"rank {dist.rank}: trial failed: {type(exc).__name__}: {str(exc)[:300]}")
+        if verbose:
+            traceback.print_exc()
+        raise typer.Exit(1) from None
+    finally:
+        distributed.teardown(dist)
+    if not main_rank or from_sweep:
+        # the other ranks stay quiet; a sweep's worker prints its own line per trial
+        raise typer.Exit(1 if result.status == "failed" else 0)
     line = (
         f"{result.status}: best val/mIoU {result.best_miou:.4f} at epoch {result.best_epoch}, "
         f"{result.wall_time_s:.1f}s, run folder {result.run_dir}"
@@ -297,6 +330,59 @@ def trial(
     (console or _console()).print(line, soft_wrap=True)
     if result.status == "failed":
         raise typer.Exit(1)
+
+
+def _trial_links(
+    cfg: TrialConfig, console: Any, main_rank: bool, from_sweep: bool
+) -> tuple[list[Any], Any]:
+    """The callbacks and tracker of ``fit``: a sweep's pruning and W&B group when a sweep
+    started this trial on several processes (rank 0 reports to the study itself), else none
+    and the tracker the config names. Other ranks: none (``fit`` gives them a silent tracker)."""
+    from harness.tracking import make_tracker
+
+    if not main_rank:
+        return [], None
+    if from_sweep:  # optuna is imported only then: a plain trial starts as fast as before
+        from harness.sweep.linked import linked_trial
+
+        return linked_trial(cfg, console)
+    return [], make_tracker(cfg, console)
+
+
+def _launch_trial(cfg: TrialConfig, nproc: int, *, quiet: bool, verbose: bool) -> None:
+    """``harness trial --nproc N``: the ranks under torchrun, then the reason a rank died (which
+    only the launcher knows) written into summary.json; exits with the trial's code."""
+    import tempfile
+
+    import torch
+
+    from harness.fit.launch import (
+        check_nproc,
+        command_line,
+        exit_code,
+        launch,
+        rank_args,
+        settle,
+    )
+    from harness.fit.record import ensure_free
+
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    check_nproc(nproc, cfg.train.device, cuda)
+    ensure_free(cfg.run_dir)
+    on_gpu = cfg.train.device == "cuda" or (cfg.train.device == "auto" and cuda > 0)
+    with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        args = [*rank_args(cfg, path), *(["-q"] if quiet else []), *(["-v"] * verbose)]
+        where = "one per GPU, nccl" if on_gpu else "on the CPU, gloo"
+        print(f"starting {nproc} processes ({where}): {command_line(nproc, args)}", flush=True)
+        result = launch(nproc, args)
+    summary, reason = settle(cfg.run_dir, result)
+    status = None if summary is None else summary.get("status")
+    if result.failures:
+        folder = f"run folder {cfg.run_dir}" if summary is not None else "no run record"
+        _error(f"failed: {reason or 'see the output of the ranks above'} ({folder})")
+    raise typer.Exit(exit_code(result, status))
 
 
 def _model_args(cfg: TrialConfig, model: str | None, pairs: list[str] | None) -> Any:
@@ -513,6 +599,8 @@ Examples:
 
     harness sweep sweeps/trash-deconvnet.yaml --gpus 0,1,2,3   # one worker per GPU
 
+    harness sweep sweeps/trash-deconvnet.yaml --nproc-per-trial 2   # trials on 2 GPUs each (DDP)
+
     harness sweep sweeps/trash-deconvnet.yaml --storage postgresql://user:pass@host/db
 """
 
@@ -554,6 +642,13 @@ def sweep(
             "CUDA_VISIBLE_DEVICES (default: every visible GPU)."
         ),
     ] = None,
+    nproc_per_trial: Annotated[
+        int,
+        typer.Option(
+            help="Processes per trial (DistributedDataParallel, as harness trial --nproc): each "
+            "worker gets that many GPUs; rank 0 reports to the study, so pruning works as usual."
+        ),
+    ] = 1,
     timeout: Annotated[
         float | None, typer.Option(help="Stop starting trials after this many seconds.")
     ] = None,
@@ -610,7 +705,12 @@ def sweep(
     console = _console()
     try:
         study_obj = run_sweep(
-            spec, workers=workers, gpus=gpus, console=None if quiet else console, verbose=verbose
+            spec,
+            workers=workers,
+            gpus=gpus,
+            console=None if quiet else console,
+            verbose=verbose,
+            nproc_per_trial=nproc_per_trial,
         )
     except KeyboardInterrupt:
         # typer turns Ctrl-C into a silent exit 130; say what happened and how to go on
@@ -803,7 +903,8 @@ def main(argv: list[str] | None = None) -> int:
         _error(f"error: {exc.format_message()}")  # type: ignore[attr-defined]
         return 2
     except HarnessError as exc:
-        _error(f"error: {exc}")
+        rank = os.environ.get("RANK", "0") if "TORCHELASTIC_RUN_ID" in os.environ else "0"
+        _error(f"{'' if rank == '0' else f'rank {rank}: '}error: {exc}")
         if getattr(exc, "verbose", False) and exc.__cause__ is not None:
             cause = exc.__cause__  # the user code's own exception (harness trial --verbose)
             print("".join(traceback.format_exception(cause)), file=sys.stderr, end="")

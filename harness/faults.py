@@ -8,10 +8,17 @@ module for the (possibly broken) optimiser and training set at one point each.
 - ``frozen-decoder``: a leftover ``requires_grad_(False)`` on the decoder;
 - ``zero-lr-decoder``: a per-module lr table with a typo, the decoder group at lr 0;
 - ``shuffled-masks``: image i trained with the mask of image i+1 (a mis-sorted file list).
+
+And the faults of a trial on several processes, for the tests only (never a config key): the
+environment variable ``HARNESS_RANK_FAULT`` read by the ranks, ``exit:RANK:EPOCH:CODE`` (that rank
+dies with exit code CODE as epoch EPOCH starts) or ``optimizer:RANK`` (that rank's last optimiser
+group gets 10x its lr: a rank whose optimiser differs).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import torch
@@ -91,3 +98,26 @@ class ShiftedMasks(torch.utils.data.Dataset):
 def train_set_for(dataset: Any, bug: str | None) -> Any:
     """The training set the trial sees: the real one unless ``bug`` is a data bug."""
     return ShiftedMasks(dataset) if bug == "shuffled-masks" else dataset
+
+
+RANK_FAULT_ENV = "HARNESS_RANK_FAULT"
+
+
+def _rank_fault() -> list[str]:
+    return os.environ.get(RANK_FAULT_ENV, "").split(":")
+
+
+def exit_if_rank_fault(rank: int, epoch: int) -> None:
+    """``exit:RANK:EPOCH:CODE``: this rank dies at once, as a crash would (no cleanup)."""
+    fault = _rank_fault()
+    if len(fault) == 4 and fault[0] == "exit" and (int(fault[1]), int(fault[2])) == (rank, epoch):
+        print(f"rank {rank}: injected fault, exiting with code {fault[3]}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(int(fault[3]))
+
+
+def skew_optimizer_for_rank(optimizer: torch.optim.Optimizer, rank: int) -> None:
+    """``optimizer:RANK``: that rank's last group trains at 10x its lr."""
+    fault = _rank_fault()
+    if len(fault) == 2 and fault[0] == "optimizer" and int(fault[1]) == rank:
+        optimizer.param_groups[-1]["lr"] *= 10

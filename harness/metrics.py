@@ -80,6 +80,16 @@ class SegMetrics:
             torch.where(valid.any(1), (iou * valid).sum(1) / valid.sum(1).clamp(min=1), torch.nan)
         )
 
+    def per_image_values(self) -> torch.Tensor:
+        """The per-image mIoUs so far (NaN for an image with no labelled pixel)."""
+        if not self._per_image:
+            return torch.empty(0, dtype=torch.float64, device=self.device)
+        return torch.cat(self._per_image)
+
+    def set_per_image(self, values: torch.Tensor) -> None:
+        """Replace the per-image mIoUs (a trial on several processes: every rank's, gathered)."""
+        self._per_image = [values]
+
     def compute(self) -> dict[str, object]:
         cm = self.cm.cpu()
         per_image = torch.cat(self._per_image).cpu() if self._per_image else torch.empty(0)

@@ -17,6 +17,7 @@ NAN_LOSS = "nan-loss"  # the training loss became NaN or inf
 EVAL_MODE = "eval-mode"  # eval-mode:<module>: BatchNorm/Dropout in eval mode while training
 OUTLIER_LOW = "outlier:low-miou"  # the study-level detector (changes as the study grows)
 CHECK_FAILED = "check-failed"  # check-failed:<check>: a check itself raised
+RANKS_DIFFER = "ranks-differ"  # ranks-differ:optimizer: a rank's optimiser differs from rank 0's
 
 
 def audit_flag(code: str) -> str:
@@ -34,6 +35,10 @@ def eval_mode(module: str) -> str:
 
 def check_failed(check: str) -> str:
     return f"{CHECK_FAILED}:{check}"
+
+
+def ranks_differ(what: str) -> str:
+    return f"{RANKS_DIFFER}:{what}"
 
 
 def is_study_level(flag: str) -> bool:

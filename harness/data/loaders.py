@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from harness.config import TrialConfig
 from harness.data.dataset import DataBundle, build_datasets
@@ -30,9 +30,11 @@ def make_loaders(
     num_workers: int,
     pin_memory: bool,
     persistent_workers: bool,
+    samplers: tuple[Sampler, Sampler] | None = None,
 ) -> tuple[DataLoader, DataLoader]:
     """The train and val loaders, with the loader settings resolved for the device
-    (``harness.fit.runtime.trial_runtime``: the config's auto values made concrete)."""
+    (``harness.fit.runtime.trial_runtime``: the config's auto values made concrete).
+    ``samplers``: a trial on several processes, this rank's share of train and val."""
     bs = cfg.train.batch_size
     workers = num_workers
     common: dict[str, Any] = {
@@ -41,6 +43,16 @@ def make_loaders(
         "worker_init_fn": seed_worker if workers else None,
         "persistent_workers": persistent_workers and workers > 0,
     }
+    if samplers is not None:
+        train_sampler, val_sampler = samplers
+        train = DataLoader(
+            bundle.train,
+            batch_size=bs,
+            sampler=train_sampler,
+            drop_last=len(train_sampler) > bs,  # type: ignore[arg-type]
+            **common,
+        )
+        return train, DataLoader(bundle.val, batch_size=bs, sampler=val_sampler, **common)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     train = DataLoader(
         bundle.train,

@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import torch
@@ -28,19 +28,22 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
+import harness.fit.distributed as ddp
 from harness import __version__
-from harness.callbacks import Callback, StopTrial, callback_name
-from harness.checks.audit import AuditReport, audit_param_groups, audit_table
-from harness.checks.flags import NAN_LOSS, audit_flag, check_failed
-from harness.checks.learning import check_learning, majority_miou
+from harness.callbacks import Callback, StopTrial
+from harness.checks.audit import AuditReport, audit_param_groups
+from harness.checks.flags import NAN_LOSS, audit_flag
+from harness.checks.learning import majority_miou
 from harness.checks.pairing import check_mask_pairing
 from harness.checks.updates import UpdateMonitor
 from harness.config import TrialConfig
 from harness.data.dataset import DataBundle
 from harness.data.loaders import load_data, make_loaders
 from harness.errors import ConfigError, HarnessError
-from harness.faults import optimizer_for, train_set_for
+from harness.faults import optimizer_for, skew_optimizer_for_rank, train_set_for
 from harness.files import save_checkpoint
+from harness.fit.display import epoch_line, print_audit
+from harness.fit.distributed import DistContext
 from harness.fit.guards import code_record, has_batchnorm, one_batch
 from harness.fit.loop import (
     NonFiniteLoss,
@@ -50,8 +53,9 @@ from harness.fit.loop import (
     seed_everything,
     train_one_epoch,
 )
-from harness.fit.record import RunRecord, ensure_free
+from harness.fit.record import NullRecord, RunRecord, TrialResult, ensure_free
 from harness.fit.runtime import Runtime, apply_cudnn, compile_error, compiled, trial_runtime
+from harness.fit.verdicts import collect_flags
 from harness.models import build_model, check_output
 from harness.optim import build_scheduler, check_f_lr_modules, frozen_modules, group_lrs
 from harness.progress import bar
@@ -60,23 +64,6 @@ from harness.tracking import Tracker, make_tracker
 
 class AuditFailed(HarnessError):
     """``--strict``: the param-group audit found problems, so the trial did not start."""
-
-
-@dataclass
-class TrialResult:
-    status: str  # finished | failed | pruned | aborted
-    reason: str | None
-    best_miou: float
-    best_epoch: int | None
-    epochs_run: int
-    history: list[dict[str, Any]]
-    per_class_iou: dict[str, float]
-    flags: list[str]
-    wall_time_s: float
-    run_dir: Path
-    audit: AuditReport | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
-    evidence: dict[str, str] = field(default_factory=dict)  # flag -> what was seen
 
 
 @dataclass
@@ -108,6 +95,23 @@ class FitState:
     status: str = "finished"
     reason: str | None = None
     global_step: int = 0
+    dist: DistContext | None = None  # a trial on several processes: this rank's place in it
+    train_net: nn.Module | None = None  # there: DistributedDataParallel around ``net``
+    ranks: list[dict[str, Any]] = field(default_factory=list)  # per rank: device, optimiser
+    ranks_flags: dict[str, str] = field(default_factory=dict)  # a rank that differs from rank 0
+
+    @property
+    def audit_ok_everywhere(self) -> bool:
+        """No audit finding on this rank nor, on several processes, on any other."""
+        others = any(r["findings"] for r in self.ranks)
+        return self.audit.ok and not self.ranks_flags and not others
+
+    @property
+    def runtime_info(self) -> dict[str, Any]:
+        info = self.runtime.to_dict()
+        if self.dist is not None:
+            info |= self.dist.info(self.cfg.train.batch_size)
+        return info
 
     @property
     def class_names(self) -> list[str]:
@@ -141,6 +145,7 @@ def fit(
     tracker: Tracker | None = None,
     verbose: bool = True,
     label: str = "",
+    dist: DistContext | None = None,
 ) -> TrialResult:
     """Train one trial and record it under ``cfg.run_dir``; returns what happened.
 
@@ -149,16 +154,21 @@ def fit(
     ``tracker`` (default: the one ``cfg.tracking`` names) gets the same rows and summary as the
     run record; a sweep passes its own to set the W&B group, tags and extra config.
     ``verbose=False`` (a sweep's trials) prints the audit only when it has findings and no
-    epoch lines; ``label`` prefixes the live progress bar (``trial 3``).
+    epoch lines; ``label`` prefixes the live progress bar (``trial 3``). ``dist``: this process
+    is one rank of a trial on several (``harness.fit.distributed``); only rank 0 writes the
+    record and tracks, the others use a record and a tracker that write nothing.
     """
-    state = _setup(cfg, callbacks, data)
-    state.record = RunRecord(cfg.run_dir)
+    state = _setup(cfg, callbacks, data, dist)
+    main = dist is None or dist.is_main
+    state.record = RunRecord(cfg.run_dir) if main else NullRecord(cfg.run_dir)
     extra = {"dataset": state.bundle.info, "harness_version": __version__}
     state.record.write_config(cfg, extra | ({"code": state.code} if state.code else {}))
     state.record.write_audit({**state.audit.to_dict(), "enabled": cfg.train.audit})
     if console is not None:
-        _print_audit(console, state, verbose)
+        print_audit(console, cfg, state.audit, state.evidence, verbose)
     # started here so that a --strict abort shows up in W&B too; from here on, _finalize runs
+    if not main:
+        tracker = Tracker()
     state.tracker = tracker if tracker is not None else make_tracker(cfg, console)
     state.tracker.start(
         cfg,
@@ -166,22 +176,25 @@ def fit(
         device=state.device,
         bundle=state.bundle,
         audit=state.audit,
-        runtime=state.runtime.to_dict(),
+        runtime=state.runtime_info,
     )
-    if cfg.train.strict and not state.audit.ok:
-        messages = "; ".join(f.message for f in state.audit.findings)
+    if cfg.train.strict and not state.audit_ok_everywhere:
+        found = [f.message for f in state.audit.findings] + list(state.ranks_flags.values())
+        messages = "; ".join(found)
         state.status, state.reason = "aborted", "strict: " + messages
         _finalize(state)
-        raise AuditFailed(
-            f"--strict: param-group audit found {len(state.audit.findings)} problem(s): " + messages
-        )
+        raise AuditFailed(f"--strict: param-group audit found {len(found)} problem(s): " + messages)
     try:
         _run_epochs(state, console, verbose, label)
     except BaseException as exc:
         # Ctrl-C or a crash mid-training: the record still says what happened, then it goes on
         state.status = "failed"
         interrupted = isinstance(exc, KeyboardInterrupt)
-        state.reason = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
+        # a rank the launcher stopped says so; Ctrl-C has no message
+        interrupt = str(exc) or "interrupted"
+        state.reason = interrupt if interrupted else f"{type(exc).__name__}: {exc}"
+        if state.dist is not None:  # this rank left the common path: no more collectives
+            state.dist.in_sync = False
         one_line = compile_error(exc)
         if one_line is not None:  # torch.compile's own message runs to pages
             state.reason = str(one_line)
@@ -195,10 +208,12 @@ def fit(
 # --- setup: everything that can be refused, before anything is written --------------------------
 
 
-def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitState:
+def _setup(
+    cfg: TrialConfig, callbacks: Sequence[Callback], data: Any, dist: DistContext | None
+) -> FitState:
     start = time.perf_counter()
     ensure_free(cfg.run_dir)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device) if dist is None else dist.device
     runtime = trial_runtime(cfg, device)
     seed_everything(cfg.train.seed)
     apply_cudnn(runtime)
@@ -213,6 +228,8 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
         model = model.to(memory_format=torch.channels_last)
     check_f_lr_modules(model, cfg.optim)
     optimizer, scheduler = optimizer_for(model, cfg.optim, cfg.train.inject_bug)
+    if dist is not None:
+        skew_optimizer_for_rank(optimizer, dist.rank)  # a fault for the tests only
     audit = audit_param_groups(model, optimizer, frozen_on_purpose=frozen_modules(cfg.optim))
     if not cfg.train.audit:
         # switched off (e.g. to see what the other layers catch alone): the module table stays
@@ -224,6 +241,7 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
         num_workers=runtime.num_workers,
         pin_memory=runtime.pin_memory,
         persistent_workers=runtime.persistent_workers,
+        samplers=None if dist is None else ddp.samplers(dist, bundle, cfg.train.seed),
     )
     if len(train_loader) == 0:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: no training batch fits")
@@ -239,7 +257,7 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
         images = one_batch(bundle.val, cfg.train.batch_size)
         check_output(model, images, len(bundle.class_names), device, cfg.model.name)
     audit_evidence = {audit_flag(f.code): f.message for f in audit.findings}
-    return FitState(
+    state = FitState(
         cfg=cfg,
         device=device,
         bundle=bundle,
@@ -256,25 +274,13 @@ def _setup(cfg: TrialConfig, callbacks: Sequence[Callback], data: Any) -> FitSta
         scheduler=scheduler,
         code=code_record(cfg),
         best_iou=[math.nan] * len(bundle.class_names),
+        dist=dist,
     )
-
-
-def _print_audit(console: Console, state: FitState, verbose: bool) -> None:
-    """The audit table and its warnings; off ``verbose``, only when there is something to see."""
-    cfg, audit = state.cfg, state.audit
-    problems = {f: t for f, t in state.evidence.items() if not f.startswith("audit:")}
-    if not verbose and audit.ok and not problems:
-        return
-    console.print(audit_table(audit))
-    if not cfg.train.audit:
-        console.print("param-group audit: off (train.audit=false), no findings raised")
-    for finding in audit.findings:
-        console.print(f"[bold red]WARNING[/] param-group audit: {finding.message}", soft_wrap=True)
-    for flag, text in problems.items():
-        console.print(f"[bold red]WARNING[/] {flag}: {text}", soft_wrap=True)
-    if verbose:
-        for name in frozen_modules(cfg.optim):
-            console.print(f"{name}: frozen on purpose (f_lr=0), not a finding")
+    if dist is not None:
+        state.ranks_flags, state.ranks = ddp.rank_findings(dist, optimizer, audit_evidence)
+        state.evidence |= state.ranks_flags
+        state.train_net = ddp.wrap(dist, state.net)
+    return state
 
 
 # --- the epochs -----------------------------------------------------------------------------------
@@ -293,9 +299,12 @@ def _run_epochs(state: FitState, console: Console | None, verbose: bool, label: 
         cb for cb in state.callbacks if type(cb).on_step_end is not Callback.on_step_end
     ]
 
-    def on_step(step: int, loss: float) -> None:
+    def each_step(step: int, loss: float) -> None:
         for cb in step_callbacks:
             cb.on_step_end(state.global_step + step, loss)
+
+    dist = state.dist
+    on_step = each_step if dist is None else ddp.deferred(dist, each_step)
 
     for cb in state.callbacks:  # inside fit's try: a failing callback still closes the record
         cb.on_fit_start(state.model, state.optimizer)
@@ -304,13 +313,15 @@ def _run_epochs(state: FitState, console: Console | None, verbose: bool, label: 
     for epoch in range(1, epochs + 1):
         lrs = group_lrs(state.optimizer)  # the lr this epoch starts with
         best = f" (best {state.best_miou:.3f})" if state.best_epoch else ""
+        if dist is not None:
+            ddp.start_epoch(dist, state.train_loader, epoch)
         try:
             description = f"{prefix}epoch {epoch}/{epochs}{best}"
             with bar(
                 steps_per_epoch, description, console=console, enabled=console is not None
             ) as advance:
                 tr = train_one_epoch(
-                    state.net,
+                    state.net if state.train_net is None else state.train_net,
                     criterion,
                     state.optimizer,
                     state.train_loader,
@@ -323,20 +334,26 @@ def _run_epochs(state: FitState, console: Console | None, verbose: bool, label: 
                     on_step=on_step if step_callbacks else None,
                 )
             state.global_step += int(tr["steps"])
+            if dist is not None:
+                tr = ddp.reduce_train(dist, tr)
         except StopTrial as exc:  # a monitor's verdict after its first steps
             state.status, state.reason = exc.status, f"epoch {epoch}: {exc.reason}"
             _say(console, f"[bold red]{prefix}trial stopped[/]: {state.reason}")
             return
         except NonFiniteLoss as exc:
             state.status, state.reason = "failed", f"epoch {epoch}: {exc}"
+            if dist is not None:  # the other ranks are in the step's all-reduce: none follows
+                dist.in_sync = False
             state.evidence.setdefault(NAN_LOSS, str(exc))
             _say(console, f"[bold red]{prefix}trial failed[/]: {state.reason}")
             return
         row, iou = _evaluate_epoch(state, criterion, epoch, tr, lrs)
         if console is not None and verbose:
-            console.print(_epoch_line(row, epochs), soft_wrap=True)
+            console.print(epoch_line(row, epochs), soft_wrap=True)
         _keep_best(state, epoch, row["val/mIoU"], iou)
         stop = _epoch_callbacks(state, epoch, row, final=epoch == epochs)
+        if dist is not None:  # every rank stops at the same epoch, or none does
+            stop = ddp.agree(dist, stop)
         if stop is not None:
             state.status, state.reason = stop.status, f"epoch {epoch}: {stop.reason}"
             return
@@ -351,6 +368,9 @@ def _evaluate_epoch(
     state: FitState, criterion: nn.Module, epoch: int, tr: dict[str, float], lrs: dict[str, float]
 ) -> tuple[dict[str, Any], list[float]]:
     """The epoch's metrics row (metrics.jsonl, W&B) and the per-class IoU."""
+    dist = state.dist
+    if dist is not None:
+        ddp.sync_buffers(dist, state.model)
     ev = evaluate(
         state.net,
         criterion,
@@ -360,6 +380,7 @@ def _evaluate_epoch(
         state.bundle.ignore_index,
         amp=state.amp,
         channels_last=state.channels_last,
+        sync=None if dist is None else partial(ddp.reduce_metrics, dist),
     )
     if math.isnan(state.majority):
         state.majority = majority_miou(ev["class_pixels"])
@@ -385,7 +406,7 @@ def _keep_best(state: FitState, epoch: int, miou: float, iou: list[float]) -> No
     if math.isnan(miou) or miou <= state.best_miou:
         return
     state.best_miou, state.best_epoch, state.best_iou = miou, epoch, iou
-    if state.cfg.train.checkpoint and state.record is not None:
+    if state.cfg.train.checkpoint and state.record is not None and state.record.writes:
         save_checkpoint(
             state.record.dir / "best.pt",
             {
@@ -418,41 +439,21 @@ def _epoch_callbacks(
     return stop
 
 
-def _epoch_line(row: dict[str, Any], epochs: int) -> str:
-    return (
-        f"epoch {row['epoch']:>3}/{epochs}  train/loss {row['train/loss']:.4f}  "
-        f"val/loss {row['val/loss']:.4f}  val/mIoU {row['val/mIoU']:.4f}  "
-        f"val/pixel_acc {row['val/pixel_acc']:.4f}  {row['time/epoch_s']:.1f}s  "
-        f"{row['time/train_img_per_s']:.1f} img/s"
-    )
-
-
 # --- finalize: the verdicts and the record, whatever happened -------------------------------------
-
-
-def _collect_flags(state: FitState) -> None:
-    """Each callback's verdict, and the learning check. A check that raises is recorded as
-    ``check-failed:<name>`` with its error, never dropped: a broken check must be seen."""
-    for cb in state.callbacks:
-        try:
-            cb.on_fit_end(state.status)
-            found = cb.flags()
-        except Exception as exc:
-            found = {check_failed(callback_name(cb)): f"{type(exc).__name__}: {exc}"[:300]}
-        for flag, text in found.items():
-            state.evidence.setdefault(flag, text)
-    if state.status == "finished" and state.cfg.train.monitor:
-        try:
-            found = check_learning(state.history, state.majority)
-        except Exception as exc:
-            found = {check_failed("learning"): f"{type(exc).__name__}: {exc}"[:300]}
-        for flag, text in found.items():
-            state.evidence.setdefault(flag, text)
 
 
 def _finalize(state: FitState) -> TrialResult:
     assert state.record is not None and state.tracker is not None
-    _collect_flags(state)
+    if state.dist is not None:
+        state.dist.shielded = True  # the launcher's SIGTERM must not cut the record short
+    state.evidence = collect_flags(
+        state.callbacks,
+        state.evidence,
+        status=state.status,
+        history=state.history if state.cfg.train.monitor else None,
+        majority=state.majority,
+        dist=state.dist,
+    )
     flags = list(state.evidence)
     best = state.best_miou if state.best_epoch is not None else math.nan
     per_class = dict(zip(state.class_names, state.best_iou, strict=True))
@@ -471,7 +472,8 @@ def _finalize(state: FitState) -> TrialResult:
         "wall_time_s": wall_time,
         "device": str(state.device),
         # the resolved loader, cuDNN, autocast and compile settings (the auto config values)
-        "runtime": state.runtime.to_dict(),
+        "runtime": state.runtime_info,
+        **({"ranks": state.ranks} if state.dist is not None else {}),
         "num_params": count_params(state.model),
         "harness_version": __version__,
         "tracking": state.tracker.info(),

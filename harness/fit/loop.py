@@ -116,7 +116,10 @@ def evaluate(
     *,
     amp: bool = False,
     channels_last: bool = False,
+    sync: Callable[[SegMetrics, float, int], tuple[float, int]] | None = None,
 ) -> dict[str, Any]:
+    """Loss and metrics over ``loader``. ``sync`` (a trial on several processes) sums the
+    confusion matrix, the per-image mIoUs and the loss over the ranks before the metrics."""
     model.eval()
     metrics = SegMetrics(num_classes, ignore_index, device)
     loss_sum, n_images = 0.0, 0
@@ -131,6 +134,8 @@ def evaluate(
         loss_sum += float(loss) * images.shape[0]
         n_images += images.shape[0]
         metrics.update(masks, logits.argmax(1))
+    if sync is not None:
+        loss_sum, n_images = sync(metrics, loss_sum, n_images)
     result = metrics.compute()
     result["loss"] = loss_sum / max(n_images, 1)
     return result

@@ -11,14 +11,37 @@ Files are written atomically (temp file + rename) so a crash never leaves a half
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness.checks.audit import AuditReport
 from harness.config import TrialConfig
 from harness.errors import ConfigError
 from harness.files import atomic_write_bytes, dumps, read_jsonl
+
+
+@dataclass
+class TrialResult:
+    """What ``fit`` returns: how the trial ended, its best epoch, history and flags."""
+
+    status: str  # finished | failed | pruned | aborted
+    reason: str | None
+    best_miou: float
+    best_epoch: int | None
+    epochs_run: int
+    history: list[dict[str, Any]]
+    per_class_iou: dict[str, float]
+    flags: list[str]
+    wall_time_s: float
+    run_dir: Path
+    audit: AuditReport | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, str] = field(default_factory=dict)  # flag -> what was seen
+
 
 RECORD_FILES = ("config.yaml", "audit.json", "metrics.jsonl", "summary.json", "best.pt")
 
@@ -35,6 +58,8 @@ def ensure_free(run_dir: Path) -> None:
 
 class RunRecord:
     """Writes one run folder; refuses a folder that already holds a run."""
+
+    writes = True
 
     def __init__(self, run_dir: Path) -> None:
         self.dir = Path(run_dir)
@@ -57,6 +82,39 @@ class RunRecord:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_bytes(self.dir / "summary.json", dumps(summary, indent=2).encode())
+
+
+class NullRecord(RunRecord):
+    """The record of a rank other than 0 in a trial on several processes: it writes nothing
+    (rank 0 writes the one run folder)."""
+
+    writes = False
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = Path(run_dir)
+
+    def write_config(self, cfg: TrialConfig, extra: dict[str, Any] | None = None) -> None:
+        pass
+
+    def write_audit(self, audit: dict[str, Any]) -> None:
+        pass
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        pass
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+def amend_summary(run_dir: Path, **fields: Any) -> dict[str, Any] | None:
+    """Change fields of a written summary.json (the launcher adds what only it knows: which rank
+    died, with which exit code); None when the trial wrote none."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        return None
+    summary = {**json.loads(path.read_text()), **fields}
+    atomic_write_bytes(path, dumps(summary, indent=2).encode())
+    return summary
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

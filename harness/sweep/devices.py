@@ -46,11 +46,14 @@ def assign_devices(
     env_visible: str | None,
     *,
     cpu_count: int = 1,
+    per_worker: int = 1,
 ) -> list[WorkerSlot]:
     """One slot per worker process: its ``CUDA_VISIBLE_DEVICES`` and its CPU threads.
 
     ``visible``: the GPUs this process sees (0 without CUDA, or when the trials run on the CPU);
-    ``env_visible``: this process's ``CUDA_VISIBLE_DEVICES`` (None when unset)."""
+    ``env_visible``: this process's ``CUDA_VISIBLE_DEVICES`` (None when unset); ``per_worker``:
+    the GPUs each worker gets (``--nproc-per-trial``: one per rank of its trials), consecutive
+    ones from the list (``--gpus 0,1,2,3`` in twos: workers on 0,1 and 2,3)."""
     if workers is not None and workers < 1:
         raise HarnessError(f"--workers {workers}: must be >= 1")
     if gpus is not None:
@@ -65,12 +68,22 @@ def assign_devices(
     if not chosen:  # the CPU: as before, one worker unless --workers says more
         n = workers or 1
         return [WorkerSlot(i, None, _threads(cpu_count, n)) for i in range(n)]
-    n = workers if workers is not None else len(chosen)
+    if len(chosen) % per_worker:
+        listed = ",".join(str(g) for g in chosen)
+        raise HarnessError(
+            f"--nproc-per-trial {per_worker}: the {len(chosen)} GPU(s) {listed} do not split "
+            f"into groups of {per_worker} (one GPU per rank)"
+        )
+    groups = [chosen[i : i + per_worker] for i in range(0, len(chosen), per_worker)]
+    n = workers if workers is not None else len(groups)
     if n == 1 and gpus is None:
         # one worker that sees what this process sees: nothing to restrict
         return [WorkerSlot(0, None, _threads(cpu_count, 1))]
     ids = _visible_ids(env_visible, visible)
-    return [WorkerSlot(i, ids[chosen[i % len(chosen)]], _threads(cpu_count, n)) for i in range(n)]
+    return [
+        WorkerSlot(i, ",".join(ids[g] for g in groups[i % len(groups)]), _threads(cpu_count, n))
+        for i in range(n)
+    ]
 
 
 def describe(slots: list[WorkerSlot]) -> str:

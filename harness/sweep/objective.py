@@ -16,9 +16,10 @@ from harness.checks.outliers import TrialOutcome, find_outliers, outcome_of
 from harness.config import HIDDEN_PARAMS, TrialConfig, with_overrides
 from harness.config.sweep import SweepSpec
 from harness.data.loaders import load_data
-from harness.fit import fit
+from harness.fit import TrialResult, fit
 from harness.sweep.attrs import attrs_of, fresh_attrs, set_attrs
-from harness.tracking import make_tracker
+from harness.sweep.ranks import run_on_ranks
+from harness.tracking import Tracker, make_tracker
 
 
 class TrialFailed(Exception):
@@ -140,13 +141,37 @@ def _wandb_path(info: Mapping[str, Any]) -> str:
     return str(info.get("mode") or info.get("backend") or "")
 
 
-class Objective:
-    """``fit`` per trial; data is loaded once per worker (per distinct data config)."""
+def sweep_tracker(spec: SweepSpec, cfg: TrialConfig, console: Any, number: int) -> Tracker:
+    """A trial's tracker: its W&B run in the study's group, tagged with the study."""
+    return make_tracker(
+        cfg,
+        console,
+        group=spec.study,
+        tags=[f"study:{spec.study}"],
+        extra_config={"study": spec.study, "trial_number": number},
+    )
 
-    def __init__(self, spec: SweepSpec, console: Any = None, *, verbose: bool = False) -> None:
+
+class Objective:
+    """``fit`` per trial; data is loaded once per worker (per distinct data config).
+
+    ``nproc`` > 1: each trial runs on that many processes (``harness.sweep.ranks``), whose rank 0
+    reports to the study and asks its pruner itself."""
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        console: Any = None,
+        *,
+        verbose: bool = False,
+        nproc: int = 1,
+        url: str = "",
+    ) -> None:
         self.spec = spec
         self.console = console
         self.verbose = verbose
+        self.nproc = nproc
+        self.url = url
         self._data: dict[Any, Any] = {}
 
     def data_for(self, cfg: TrialConfig) -> Any:
@@ -161,26 +186,8 @@ class Objective:
         if self.console is not None and self.verbose:
             params = ", ".join(f"{k}={fmt_value(v)}" for k, v in trial.params.items())
             self.console.print(f"[bold]trial {trial.number}[/]: {params}", soft_wrap=True)
-        tracker = make_tracker(
-            cfg,
-            self.console,
-            group=self.spec.study,
-            tags=[f"study:{self.spec.study}"],
-            extra_config={"study": self.spec.study, "trial_number": trial.number},
-        )
         try:
-            result = fit(
-                cfg,
-                console=self.console,
-                callbacks=[
-                    OptunaPruning(trial, self.spec.metric, self.spec.pruner.name),
-                    StudyOutlierCheck(trial),
-                ],
-                data=self.data_for(cfg),
-                tracker=tracker,
-                verbose=self.verbose,
-                label=f"trial {trial.number}",
-            )
+            result = self._run(cfg, trial)
         except KeyboardInterrupt:
             set_attrs(trial, status="failed", reason="interrupted (SIGINT)")
             raise
@@ -205,6 +212,23 @@ class Objective:
         if result.status != "finished" or math.isnan(result.best_miou):
             raise TrialFailed(result.reason or result.status)
         return float(result.best_miou)
+
+    def _run(self, cfg: TrialConfig, trial: optuna.Trial) -> TrialResult:
+        if self.nproc > 1:
+            spec = self.spec
+            return run_on_ranks(spec, self.url, trial.number, cfg, self.nproc, verbose=self.verbose)
+        return fit(
+            cfg,
+            console=self.console,
+            callbacks=[
+                OptunaPruning(trial, self.spec.metric, self.spec.pruner.name),
+                StudyOutlierCheck(trial),
+            ],
+            data=self.data_for(cfg),
+            tracker=sweep_tracker(self.spec, cfg, self.console, trial.number),
+            verbose=self.verbose,
+            label=f"trial {trial.number}",
+        )
 
 
 def _finite(value: float) -> float | None:

@@ -20,6 +20,7 @@ import optuna
 from harness.config.sweep import SweepSpec
 from harness.data.loaders import load_data
 from harness.errors import HarnessError
+from harness.fit.launch import check_nproc
 from harness.secrets import mask_url
 from harness.sweep.best import write_best
 from harness.sweep.devices import WorkerSlot, assign_devices, describe
@@ -40,8 +41,10 @@ def run_worker(
     console: Any = None,
     say: Callable[[str], None] | None = None,
     verbose: bool = False,
+    nproc: int = 1,
 ) -> None:
-    """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes)."""
+    """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes);
+    ``nproc``: the processes of each trial (``--nproc-per-trial``)."""
     # our own progress line says how each trial ended; optuna would add a traceback per failure
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(url, spec)
@@ -54,7 +57,7 @@ def run_worker(
         sampler=make_sampler(spec, offset),
         pruner=make_pruner(spec),
     )
-    objective = Objective(spec, console, verbose=verbose)
+    objective = Objective(spec, console, verbose=verbose, nproc=nproc, url=url)
     deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
 
     def after_trial(study: Any, trial: Any) -> None:
@@ -90,7 +93,12 @@ def run_worker(
 
 
 def _worker_main(
-    spec: SweepSpec, url: str, worker: int, threads: int, cuda_visible_devices: str | None = None
+    spec: SweepSpec,
+    url: str,
+    worker: int,
+    threads: int,
+    cuda_visible_devices: str | None = None,
+    nproc: int = 1,
 ) -> None:
     """Entry point of a ``--workers`` process (spawned: a clean interpreter per worker).
 
@@ -104,7 +112,7 @@ def _worker_main(
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     try:
         with _terminate_as_interrupt():
-            run_worker(spec, url, worker=worker)
+            run_worker(spec, url, worker=worker, nproc=nproc)
     except KeyboardInterrupt:
         sys.exit(130)
     except HarnessError as exc:
@@ -137,26 +145,32 @@ def run_sweep(
     gpus: str | None = None,
     console: Any = None,
     verbose: bool = False,
+    nproc_per_trial: int = 1,
 ) -> Any:
     """Create the study once, run the workers, write best.yaml; returns the study.
 
     ``workers``/``gpus``: see ``assign_devices`` (``workers=None``: one per visible GPU, or one
     on the CPU). ``console``: one line per finished trial and a live display of the running one;
-    ``verbose`` adds each trial's full output (audit table, epoch lines)."""
-    slots = worker_slots(spec, workers, gpus)
+    ``verbose`` adds each trial's full output (audit table, epoch lines). ``nproc_per_trial``:
+    each trial on that many processes (``harness.sweep.ranks``), each worker with as many GPUs."""
+    slots = worker_slots(spec, workers, gpus, nproc_per_trial)
     with _terminate_as_interrupt():
-        return _run_sweep(spec, slots, console, verbose)
+        return _run_sweep(spec, slots, console, verbose, nproc_per_trial)
 
 
-def worker_slots(spec: SweepSpec, workers: int | None, gpus: str | None) -> list[WorkerSlot]:
+def worker_slots(
+    spec: SweepSpec, workers: int | None, gpus: str | None, nproc: int = 1
+) -> list[WorkerSlot]:
     """The workers this machine runs: the GPUs torch sees, unless the trials run on the CPU."""
     import torch
 
     device = spec.base.train.device
     on_gpu = device == "auto" or device.startswith("cuda")
     visible = torch.cuda.device_count() if on_gpu and torch.cuda.is_available() else 0
+    check_nproc(nproc, device, visible, option="--nproc-per-trial")
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    slots = assign_devices(workers, gpus, visible, env, cpu_count=os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    slots = assign_devices(workers, gpus, visible, env, cpu_count=cores, per_worker=nproc)
     if device.startswith("cuda:") and any(s.cuda_visible_devices is not None for s in slots):
         raise HarnessError(
             f"train.device={device}: each sweep worker sees only its own GPU (as cuda:0); "
@@ -165,7 +179,9 @@ def worker_slots(spec: SweepSpec, workers: int | None, gpus: str | None) -> list
     return slots
 
 
-def _run_sweep(spec: SweepSpec, slots: list[WorkerSlot], console: Any, verbose: bool) -> Any:
+def _run_sweep(
+    spec: SweepSpec, slots: list[WorkerSlot], console: Any, verbose: bool, nproc: int
+) -> Any:
     url = storage_url(spec)
     say = (lambda m: console.print(m, markup=False, soft_wrap=True)) if console else None
     if say is not None:
@@ -176,9 +192,9 @@ def _run_sweep(spec: SweepSpec, slots: list[WorkerSlot], console: Any, verbose: 
     study = create_study(spec, url)
     _check_data(spec)
     if len(slots) == 1 and slots[0].cuda_visible_devices is None:
-        run_worker(spec, url, console=console, say=say, verbose=verbose)
+        run_worker(spec, url, console=console, say=say, verbose=verbose, nproc=nproc)
     else:
-        _run_processes(spec, url, slots, say)
+        _run_processes(spec, url, slots, say, nproc)
     trials = trials_of(study)
     record_outliers(study, trials)
     write_best(spec, trials)
@@ -191,12 +207,14 @@ def _check_data(spec: SweepSpec) -> None:
     load_data(spec.base)
 
 
-def worker_processes(ctx: Any, spec: SweepSpec, url: str, slots: list[WorkerSlot]) -> list[Any]:
+def worker_processes(
+    ctx: Any, spec: SweepSpec, url: str, slots: list[WorkerSlot], nproc: int = 1
+) -> list[Any]:
     """One (unstarted) process per slot; what each gets is its arguments, nothing inherited."""
     return [
         ctx.Process(
             target=_worker_main,
-            args=(spec, url, s.index, s.threads, s.cuda_visible_devices),
+            args=(spec, url, s.index, s.threads, s.cuda_visible_devices, nproc),
             name=f"worker-{s.index}",
         )
         for s in slots
@@ -204,9 +222,13 @@ def worker_processes(ctx: Any, spec: SweepSpec, url: str, slots: list[WorkerSlot
 
 
 def _run_processes(
-    spec: SweepSpec, url: str, slots: list[WorkerSlot], say: Callable[[str], None] | None
+    spec: SweepSpec,
+    url: str,
+    slots: list[WorkerSlot],
+    say: Callable[[str], None] | None,
+    nproc: int = 1,
 ) -> None:
-    procs = worker_processes(multiprocessing.get_context("spawn"), spec, url, slots)
+    procs = worker_processes(multiprocessing.get_context("spawn"), spec, url, slots, nproc)
     for p in procs:
         p.start()
     storage = open_storage(url, spec, heartbeat=False)

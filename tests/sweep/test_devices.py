@@ -107,8 +107,8 @@ def test_each_worker_process_is_started_with_its_gpu():
     assert [p.name for p in procs] == ["worker-0", "worker-1"]
     assert all(p.target is workers_mod._worker_main for p in procs)
     assert [p.args for p in procs] == [
-        ("SPEC", "sqlite:///x.db", 0, 4, "3"),
-        ("SPEC", "sqlite:///x.db", 1, 4, "5"),
+        ("SPEC", "sqlite:///x.db", 0, 4, "3", 1),  # 1: each trial on one process
+        ("SPEC", "sqlite:///x.db", 1, 4, "5", 1),
     ]
 
 
@@ -116,13 +116,13 @@ def test_worker_main_sets_cuda_visible_devices_before_running(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # restored after the test
     seen = {}
 
-    def fake_run_worker(spec, url, *, worker):
-        seen.update(env=os.environ["CUDA_VISIBLE_DEVICES"], worker=worker)
+    def fake_run_worker(spec, url, *, worker, nproc):
+        seen.update(env=os.environ["CUDA_VISIBLE_DEVICES"], worker=worker, nproc=nproc)
 
     monkeypatch.setattr(workers_mod, "run_worker", fake_run_worker)
     monkeypatch.setattr("torch.set_num_threads", lambda n: seen.update(threads=n))
     workers_mod._worker_main("SPEC", "url", 1, 3, "2")
-    assert seen == {"env": "2", "worker": 1, "threads": 3}
+    assert seen == {"env": "2", "worker": 1, "threads": 3, "nproc": 1}
 
 
 def test_worker_slots_on_a_fake_four_gpu_machine(monkeypatch):
