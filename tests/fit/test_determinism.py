@@ -24,6 +24,11 @@ dataset asserts below say which, and then the reference must be re-recorded, del
 
 then copy its metrics.jsonl without the ``time/*`` keys to ``reference/pin64/metrics.jsonl`` and
 update ``reference/pin64/reference.json`` from its config.yaml and dataset.json.
+
+The thread count is part of the pin: torch splits a convolution's sums across its threads, so
+1 and 2 threads give different float sums and, after two epochs, different metrics. The
+reference was recorded with 2 threads (torch's default on the 2-core box), and the test runs
+with 2 threads whatever ``OMP_NUM_THREADS`` says.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from harness.cli import main
@@ -39,6 +45,7 @@ from harness.cli import main
 REFERENCE = Path(__file__).parent / "reference" / "pin64"
 # on the CPU a re-run is bit-identical; this only absorbs another CPU's float noise
 TOLERANCE = {"rel": 1e-4, "abs": 1e-6}
+RECORDED_THREADS = 2
 RUN_FILES = {
     "config.yaml",
     "dataset.json",
@@ -51,6 +58,14 @@ RUN_FILES = {
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def recorded_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(RECORDED_THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 def _pinned_run(tmp_path: Path) -> Path:
@@ -74,7 +89,8 @@ def _pinned_run(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_seed0_trial_reproduces_the_recorded_metrics(tmp_path):
+def test_seed0_trial_reproduces_the_recorded_metrics(tmp_path, recorded_threads):
+    assert torch.get_num_threads() == RECORDED_THREADS
     run = _pinned_run(tmp_path)
     assert {p.name for p in run.iterdir()} == RUN_FILES
 
