@@ -403,8 +403,9 @@ def find_outliers(
       2 trials (and a tenth of the study) beat that level by ``learn_margin``, or one does and
       its own training loss stayed flat (two witnesses), or
     - unexplained no-learning: it ended at the majority-class level (``_stuck``) while as many
-      trials beat it, and no parameter explains it: every simple region of the parameters
-      around it (``_explained``; ``min_region`` trials at least) holds a trial that learns.
+      trials beat it, ``min_drop`` below the level its neighbours predict, and no parameter
+      explains it: every simple region of the parameters around it (``_explained``;
+      ``min_region`` trials at least) holds a trial that learns.
 
     Trials stuck at the no-learning level are judged by the last two rules only.
 
@@ -429,7 +430,6 @@ def find_outliers(
     many = learners >= max(2, math.ceil(0.1 * n))
     below = values < majority - anchor_margin
     anchored = below & (many | ((learners >= 1) & loss.flat))
-    idle = stuck & many & ~_explained(done, ~learner, min_region)
     suspect = stuck | loss.bad | anchored
 
     # healthy level: the neighbours' upper quartile, shifted by where healthy trials typically
@@ -441,6 +441,10 @@ def find_outliers(
     scale = max(scale, min_scale)
     expected = predicted + centre
     drop = expected - values
+    # at the no-learning level, unexplained, and as far below what learning neighbours reach as
+    # the neighbour rule asks: a slow healthy trial that ends just above the level next to
+    # trials that learned little (test-size studies) is not a bug
+    idle = stuck & many & (drop > min_drop) & ~_explained(done, ~learner, min_region)
 
     # the mIoU alone must also be far below the spread of the trial's own unsuspected neighbours
     # (v1's local scale): a study-wide MAD from a dozen trials can come out low by chance

@@ -494,3 +494,35 @@ def test_seed30_two_flagged_trials_sharing_a_low_lr_is_chance_not_a_trait():
     # have lr <= 2.4e-3 (2 of 12 unflagged do)": 1 random pair in 15 does that
     assert shared_traits({4, 10}, _seed30()) == []
     assert _chance(2, 14, 4) == pytest.approx(6 / 91)
+
+
+# the test-size blind bug demo (tests/sweep/test_bugdemo.py, seed 51: 64 px, 6 epochs), as it ran
+# on 2 December 2026: lr, injected bug, best val mIoU, train/loss per epoch
+TEST_SIZE = (
+    (0.00469, None, 0.08045, (2.093, 1.760, 1.422, 1.186, 1.095, 1.044)),
+    (0.00393, None, 0.08130, (2.130, 1.822, 1.559, 1.286, 1.147, 1.046)),
+    (0.00349, None, 0.11480, (2.190, 1.792, 1.469, 1.175, 1.026, 0.927)),
+    (0.00310, None, 0.09868, (2.189, 1.911, 1.648, 1.397, 1.185, 1.089)),
+    (0.00313, "enc-only", 0.02765, (2.490, 2.472, 2.465, 2.454, 2.460, 2.452)),
+    (0.00492, None, 0.10852, (2.105, 1.717, 1.334, 1.099, 1.011, 0.939)),
+    (0.00548, "enc-only", 0.02765, (2.490, 2.472, 2.465, 2.454, 2.460, 2.452)),
+)
+
+
+def test_slow_correct_trials_just_above_the_level_next_to_weak_learners_are_not_flagged():
+    # trials 0 and 1 end 0.001-0.002 above the level 0.0794 with a falling loss while the
+    # learners reach only 0.10-0.115: 0.04 below what their neighbours predict, not the 0.05 the
+    # neighbour rule asks, so not a bug; the encoder-only trials are
+    trials = [
+        TrialOutcome(i, {"lr": lr}, value, 0.0794406, loss)
+        for i, (lr, _, value, loss) in enumerate(TEST_SIZE)
+    ]
+    assert set(find_outliers(trials)) == {4, 6}
+    # the same two trials with learners that reach 0.15 are as far below them as a bug
+    better = [
+        TrialOutcome(t.number, t.params, t.value + 0.04, t.majority_miou, t.train_loss)
+        if t.number in (2, 3, 5)
+        else t
+        for t in trials
+    ]
+    assert set(find_outliers(better)) == {0, 1, 4, 6}
