@@ -653,6 +653,13 @@ def sweep(
         float | None, typer.Option(help="Stop starting trials after this many seconds.")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Parent folder of runs/STUDY/.")] = None,
+    sampler_seed: Annotated[
+        int | None,
+        typer.Option(
+            help="The sampler's seed (default: the sweep file's sampler.seed); for a new "
+            "study: a resumed one keeps the trials it has."
+        ),
+    ] = None,
     tracking: Annotated[
         str | None,
         typer.Option(help="Trial tracking (" + ", ".join(TRACKING_BACKENDS) + ")."),
@@ -696,6 +703,7 @@ def sweep(
         storage=storage,
         timeout=timeout,
         out=str(out) if out is not None else None,
+        sampler_seed=sampler_seed,
         trial_overrides={
             "tracking.backend": tracking,
             "train.audit": audit,

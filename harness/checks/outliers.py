@@ -16,7 +16,14 @@ trials, not just a rare one:
 - the noise scale is the MAD of the residuals of the trials that are not themselves suspect
   (iterated trimming), so a second mode of broken trials cannot inflate it;
 - anchor: a trial that ends below the no-learning level (predicting the majority class
-  everywhere) while several trials of the study learn is suspect whatever its neighbours do;
+  everywhere) while several trials of the study learn is suspect whatever its neighbours do
+  (while one does, when its own training loss stayed flat too);
+- a trial that ends *at* the no-learning level while several trials learn is suspect when no
+  parameter explains it: every simple region of the parameters around it (its value of a
+  switch, two such values, the lr at or beyond its own) holds a trial that learns. A DeconvNet
+  without decoder BN is stuck, but so is every trial with ``decoder_bn=False``; a frozen decoder
+  is stuck among trials like it that learn (the seed-30 bug demo: 5 such trials at 0.0854-0.0861
+  while 7 correct ones reached 0.13-0.17);
 - training loss: a model whose decoder never moves cannot fit its own training set, whatever the
   lr. A trial whose last training loss sits far above its neighbours' is flagged on a smaller
   mIoU drop than one with the mIoU alone;
@@ -36,7 +43,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,14 +204,14 @@ def _columns(trials: Sequence[TrialOutcome]) -> list[tuple[str, list[Any], np.nd
     return out
 
 
-def _is_numeric(raw: Sequence[Any]) -> bool:
+def is_numeric(raw: Sequence[Any]) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw if v is not None)
 
 
 def _groups(raw: Sequence[Any]) -> list[np.ndarray]:
     """Index sets of a parameter's groups: each choice of a yes/no or categorical parameter; for
     a number, the lower, middle and upper third of its (log-scaled) values."""
-    if not _is_numeric(raw):
+    if not is_numeric(raw):
         keys = [str(v) for v in raw]
         return [np.flatnonzero([k == g for k in keys]) for g in sorted(set(keys))]
     order = np.argsort([math.inf if v is None else float(v) for v in raw], kind="stable")
@@ -231,17 +238,59 @@ def _weighted_distances(
     return dist
 
 
-def _stuck(values: np.ndarray, majority: np.ndarray, tol: float = 5e-4) -> np.ndarray:
-    """Trials at a no-learning level: the known majority-class level, or else a value that 2 or
-    more trials hit exactly (a model predicting one class everywhere scores the same to the last
-    digit). Being stuck is the trial-level no-learning check's finding, and a stuck group is
-    usually a parameter's doing (a DeconvNet without decoder BN), so these trials are judged by
-    the anchor only, never against learning neighbours."""
+def _stuck(values: np.ndarray, majority: np.ndarray, tol: float = 2e-3) -> np.ndarray:
+    """Trials at a no-learning level: within ``tol`` of the known majority-class level (a model
+    predicting the majority class almost everywhere: the zero-lr, frozen-decoder and
+    shuffled-masks trials of the seed-30 bug demo ended 0.0001-0.0007 above it), or else a value
+    that 2 or more trials hit exactly (a model predicting one class everywhere scores the same to
+    the last digit). Being stuck is usually a parameter's doing (a DeconvNet without decoder BN),
+    so these trials are not judged against learning neighbours: by the anchor, and by whether a
+    parameter explains them (``_explained``)."""
     if np.isfinite(majority).any():
         return np.abs(values - majority) <= tol
     rounded, counts = np.unique(np.round(values, 6), return_counts=True)
     tied = rounded[counts >= 2]
     return np.isin(np.round(values, 6), tied)
+
+
+def _regions(trials: Sequence[TrialOutcome]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The simple regions of the parameter space around each trial, as n x n masks (row i: the
+    trials in trial i's region). First the values: for each yes/no or categorical parameter the
+    trials with the same value. Then the regions fitted to the trial: for each pair of such
+    parameters the trials with both values, and for each number the trials at or below it and
+    those at or above it (a range open on one side that ends at the trial)."""
+    same, fitted = [], []
+    for name in sorted({name for t in trials for name in t.params}):
+        raw = [t.params.get(name) for t in trials]
+        if is_numeric(raw):
+            x = np.array([math.nan if v is None else float(v) for v in raw])
+            fitted += [x[None, :] <= x[:, None], x[None, :] >= x[:, None]]
+        else:
+            keys = np.array([str(v) for v in raw])
+            same.append(keys[None, :] == keys[:, None])
+    fitted += [a & b for i, a in enumerate(same) for b in same[i + 1 :]]
+    return same, fitted
+
+
+def _explained(trials: Sequence[TrialOutcome], idle: np.ndarray, least: int) -> np.ndarray:
+    """Per trial: a parameter can explain why it did not learn (``idle``): some simple region
+    around it (``_regions``) holds at least ``least`` trials and none of them learns. A value
+    first (``decoder_bn=False``: every trial with it stuck); then a pair of values or a range,
+    among the trials no value explains: a range that ends at the trial, or a pair that splits
+    the study four ways, is small, and in a study where half the trials are stuck for one
+    reason it would often hold nothing but stuck trials by chance. A trial whose every region
+    holds a trial that learns is not explained by its parameters: a bug is."""
+    same, fitted = _regions(trials)
+
+    def found(regions: list[np.ndarray], among: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(trials), dtype=bool)
+        for region in regions:
+            region = region & among[None, :]
+            out |= (region.sum(axis=1) >= least) & ~(region & ~idle[None, :]).any(axis=1)
+        return out
+
+    by_value = found(same, np.ones(len(trials), dtype=bool))
+    return by_value | found(fitted, ~by_value)
 
 
 def _trimmed_centre_scale(
@@ -272,7 +321,57 @@ def _diverged(loss: Sequence[float]) -> bool:
     return last - low > max(0.5 * (first - low), 0.2 * low)
 
 
-# long: twelve tunable thresholds and a docstring of the three rules; the rules share the
+@dataclass(frozen=True)
+class _LossWitness:
+    """What the training-loss curves say, per trial (arrays over the judged trials)."""
+
+    bad: np.ndarray  # it could not fit its training set as its neighbours did
+    last: np.ndarray  # its last training loss (nan: unknown)
+    expected: np.ndarray  # the last loss its neighbours predict
+    flat: np.ndarray  # it fell less than 15% from its first epoch: it learned nothing
+    diverged: np.ndarray  # it rose back up (``_diverged``): the lr's fault
+
+
+def _loss_witness(
+    done: Sequence[TrialOutcome],
+    nbrs: np.ndarray,
+    upper: float,
+    z: float,
+    z_loss: float,
+    least: int,
+) -> _LossWitness:
+    """A trial's last training loss against its neighbours' lower quartile (what a healthy trial
+    like it reaches): ``bad`` when it is more than ``z_loss`` noise scales and 20% above it and
+    fell less than half as far from its first epoch as its neighbours typically did (a slow
+    healthy trial, at a low lr, still gets a good part of the way). Fewer than ``least`` trials
+    with a loss curve: nothing is ``bad``."""
+    n = len(done)
+    last = np.array([t.train_loss[-1] if t.train_loss else math.nan for t in done])
+    first = np.array([t.train_loss[0] if t.train_loss else math.nan for t in done])
+    diverged = np.array([_diverged(t.train_loss) for t in done])
+    flat = np.nan_to_num(last > 0.85 * first).astype(bool)
+    bad = np.zeros(n, dtype=bool)
+    expected = np.full(n, math.nan)
+    if np.isfinite(last).sum() < least:
+        return _LossWitness(bad, last, expected, flat, diverged)
+    near = last[nbrs]
+    has = np.isfinite(near).any(axis=1)
+    expected[has] = np.nanquantile(near[has], 1 - upper, axis=1)
+    centre, scale = _trimmed_centre_scale(expected - last, z)
+    scale = max(scale, 0.02 * float(np.nanmedian(last)), 1e-6)
+    expected = expected - centre
+    fell = first - last
+    near_fell = np.where(np.isfinite(fell[nbrs]), fell[nbrs], -np.inf)
+    typical = np.quantile(near_fell, upper, axis=1)
+    bad = (
+        np.nan_to_num(last - expected > z_loss * scale)
+        & np.nan_to_num(last > 1.2 * expected)
+        & np.nan_to_num(fell < 0.5 * typical)
+    )
+    return _LossWitness(bad.astype(bool), last, expected, flat, diverged)
+
+
+# long: thirteen tunable thresholds and a docstring of the four rules; the rules share the
 # neighbour and noise arrays computed at the top
 def find_outliers(
     trials: Sequence[TrialOutcome],
@@ -289,6 +388,7 @@ def find_outliers(
     learn_margin: float = 0.02,
     min_scale: float = 0.01,
     min_trials: int = 5,
+    min_region: int = 2,
 ) -> dict[Any, Outlier]:
     """The flagged trials by number (``outlier:low-miou``), each with its evidence. A trial is
     flagged, unless its training loss shows it diverged, when
@@ -300,9 +400,14 @@ def find_outliers(
       last training loss is more than ``z_loss`` scales and 20% above its neighbours' and fell
       less than half as far from the first epoch as theirs typically did, or
     - anchor: it ended more than ``anchor_margin`` below the majority-class level while at least
-      2 trials (and a tenth of the study) beat that level by ``learn_margin``.
+      2 trials (and a tenth of the study) beat that level by ``learn_margin``, or one does and
+      its own training loss stayed flat (two witnesses), or
+    - unexplained no-learning: it ended at the majority-class level (``_stuck``) while as many
+      trials beat it, ``min_drop`` below the level its neighbours predict, and no parameter
+      explains it: every simple region of the parameters around it (``_explained``;
+      ``min_region`` trials at least) holds a trial that learns.
 
-    Trials stuck at the no-learning level (``_stuck``) are judged by the anchor only.
+    Trials stuck at the no-learning level are judged by the last two rules only.
 
     Fewer than ``min_trials`` finished trials: nothing is judged (too few to say what is normal).
     """
@@ -317,50 +422,33 @@ def find_outliers(
     stuck = _stuck(values, majority)
     dist = _weighted_distances(done, values, upper, relevance)
     nbrs = np.argsort(dist, axis=1, kind="stable")[:, : max(1, min(k, n - 1))]
-    # training loss: the neighbours' lower quartile predicts a healthy last loss
-    last = np.array([t.train_loss[-1] if t.train_loss else math.nan for t in done])
-    diverged = np.array([_diverged(t.train_loss) for t in done])
-    loss_bad = np.zeros(n, dtype=bool)
-    loss_expected = np.full(n, math.nan)
-    if np.isfinite(last).sum() >= min_trials:
-        near = last[nbrs]
-        has = np.isfinite(near).any(axis=1)
-        loss_expected[has] = np.nanquantile(near[has], 1 - upper, axis=1)
-        l_centre, l_scale = _trimmed_centre_scale(loss_expected - last, z)
-        l_scale = max(l_scale, 0.02 * float(np.nanmedian(last)), 1e-6)
-        loss_expected = loss_expected - l_centre
-        excess = last - loss_expected
-        # and it fell less than half as far from its first epoch as its neighbours' typically
-        # did: a slow healthy trial (a low lr) still gets a good part of the way
-        first = np.array([t.train_loss[0] if t.train_loss else math.nan for t in done])
-        fell = first - last
-        near_fell = np.where(np.isfinite(fell[nbrs]), fell[nbrs], -np.inf)
-        typical = np.quantile(near_fell, upper, axis=1)
-        loss_bad = (
-            np.nan_to_num(excess > z_loss * l_scale)
-            & np.nan_to_num(last > 1.2 * loss_expected)
-            & np.nan_to_num(fell < 0.5 * typical)
-        )
+    loss = _loss_witness(done, nbrs, upper, z, z_loss, min_trials)
 
     # anchor: the no-learning level, when the trials report it
-    learners = int((values > majority + learn_margin).sum())
-    anchored = (learners >= max(2, math.ceil(0.1 * n))) & (values < majority - anchor_margin)
+    learner = values > majority + learn_margin
+    learners = int(learner.sum())
+    many = learners >= max(2, math.ceil(0.1 * n))
+    below = values < majority - anchor_margin
+    anchored = below & (many | ((learners >= 1) & loss.flat))
+    suspect = stuck | loss.bad | anchored
 
     # healthy level: the neighbours' upper quartile, shifted by where healthy trials typically
     # sit relative to it (the centre of the residuals of the trials that are not suspect: stuck
     # trials' residuals are exact ties that say nothing about the noise, and a trial below the
     # no-learning level or that could not fit its training set must not set the scale judging it)
     predicted = np.quantile(values[nbrs], upper, axis=1)
-    centre, scale = _trimmed_centre_scale(
-        np.where(stuck | loss_bad | anchored, np.nan, values - predicted), z
-    )
+    centre, scale = _trimmed_centre_scale(np.where(suspect, np.nan, values - predicted), z)
     scale = max(scale, min_scale)
     expected = predicted + centre
     drop = expected - values
+    # at the no-learning level, unexplained, and as far below what learning neighbours reach as
+    # the neighbour rule asks: a slow healthy trial that ends just above the level next to
+    # trials that learned little (test-size studies) is not a bug
+    idle = stuck & many & (drop > min_drop) & ~_explained(done, ~learner, min_region)
 
     # the mIoU alone must also be far below the spread of the trial's own unsuspected neighbours
     # (v1's local scale): a study-wide MAD from a dozen trials can come out low by chance
-    clean = np.where((stuck | loss_bad | anchored)[nbrs], np.nan, values[nbrs])
+    clean = np.where(suspect[nbrs], np.nan, values[nbrs])
     enough = np.isfinite(clean).sum(axis=1) >= 3
     local = np.zeros(n)
     if enough.any():
@@ -368,101 +456,29 @@ def find_outliers(
         local[enough] = 1.4826 * np.nanmedian(np.abs(clean[enough] - med[:, None]), axis=1)
     # and a MAD from m residuals is itself uncertain (about +-1.2/sqrt(m) relative): with no
     # second witness, the mIoU alone is judged on the scale widened by that much
-    kept = int(np.isfinite(np.where(stuck | loss_bad | anchored, np.nan, values)).sum())
+    kept = int((~suspect).sum())
     wide = scale * (1 + 1.2 / math.sqrt(max(kept, 1)))
     by_neighbours = (drop > z * np.maximum(wide, local)) & (drop > min_drop) & ~stuck
-    by_loss = loss_bad & (drop > loss_z_miou * scale) & (drop > loss_min_drop) & ~stuck
+    by_loss = loss.bad & (drop > loss_z_miou * scale) & (drop > loss_min_drop) & ~stuck
     out: dict[Any, Outlier] = {}
-    for i in np.flatnonzero((by_neighbours | by_loss | anchored) & ~diverged):
+    for i in np.flatnonzero((by_neighbours | by_loss | anchored | idle) & ~loss.diverged):
         notes = []
-        if anchored[i]:
+        if anchored[i] or idle[i]:
+            where = "below" if anchored[i] else "at"
             notes.append(
-                f"below the majority-class level {majority[i]:.3f} that {learners} of {n} "
+                f"{where} the majority-class level {majority[i]:.3f} that {learners} of {n} "
                 "trials beat"
             )
-        if loss_bad[i]:
+        if idle[i]:
+            notes.append("no parameter explains it (trials that share its values learn)")
+        if loss.bad[i]:
             notes.append(
-                f"its training loss ended at {last[i]:.2f} while neighbours reached "
-                f"{loss_expected[i]:.2f}"
+                f"its training loss ended at {loss.last[i]:.2f} while neighbours reached "
+                f"{loss.expected[i]:.2f}"
             )
+        elif anchored[i] and not many:
+            first = done[i].train_loss[0]
+            notes.append(f"its training loss stayed at {loss.last[i]:.2f} (from {first:.2f})")
         t = done[i]
         out[t.number] = Outlier(t.number, t.value, float(expected[i]), scale, tuple(notes))
     return out
-
-
-# --- which flagged trials look alike ---------------------------------------------------------
-
-
-def _number(x: float, up: bool) -> str:
-    """2 significant digits, learning-rate style (7.1e-3, 0.25, 12), rounded up or down so that a
-    printed bound still holds the value it was rounded from."""
-    if x == 0 or not math.isfinite(x):
-        return f"{x:g}"
-    exponent = math.floor(math.log10(abs(x))) - 1
-    step = 10.0**exponent
-    rounded = (math.ceil(x / step - 1e-9) if up else math.floor(x / step + 1e-9)) * step
-    if abs(rounded) < 1e-2 or abs(rounded) >= 1e4:
-        mantissa, power = f"{rounded:.1e}".split("e")
-        return f"{mantissa}e{int(power)}"
-    return f"{rounded:.{max(0, -exponent)}f}"
-
-
-def shared_traits(
-    flagged: Collection[Any], trials: Sequence[TrialOutcome], *, max_share: float = 0.25
-) -> list[str]:
-    """What the flagged trials have in common that few unflagged trials have: a parameter value
-    (or pair of values) or a numeric range all of them share, held by at most ``max_share`` of
-    the unflagged trials, best separating first. A bug in one code path hits every trial that
-    takes it, so this is where to look. Nothing below 2 flagged trials or without unflagged ones.
-
-    e.g. ``["all 4 flagged trials have encoder_bn=True (2 of 20 unflagged do)"]``"""
-    bad = [t for t in trials if t.number in flagged]
-    good = [t for t in trials if t.number not in flagged]
-    if len(bad) < 2 or not good:
-        return []
-    found: list[tuple[float, str]] = []
-
-    def add(text: str, holds: Callable[[Mapping[str, Any]], bool]) -> bool:
-        share = sum(holds(t.params) for t in good)
-        if all(holds(t.params) for t in bad) and share <= max_share * len(good):
-            found.append((share / len(good), f"{text} ({share} of {len(good)} unflagged do)"))
-            return True
-        return False
-
-    names = sorted({name for t in trials for name in t.params})
-    singles: list[tuple[str, Any]] = []
-    for name in names:
-        raw = [t.params.get(name) for t in bad]
-        if _is_numeric(raw) and None not in raw:
-            nums = [float(v) for v in raw if v is not None]
-            # the printed bounds, rounded outwards: they hold every flagged trial
-            lo_txt, hi_txt = _number(min(nums), up=False), _number(max(nums), up=True)
-            lo, hi = float(lo_txt), float(hi_txt)
-            one_sided = add(f"{name} >= {lo_txt}", _within(name, lo, math.inf))
-            one_sided |= add(f"{name} <= {hi_txt}", _within(name, -math.inf, hi))
-            if not one_sided:  # a range only when no open bound does it
-                add(f"{lo_txt} <= {name} <= {hi_txt}", _within(name, lo, hi))
-        elif len({str(v) for v in raw}) == 1:
-            singles.append((name, raw[0]))
-            add(f"{name}={raw[0]}", _equal(((name, raw[0]),)))
-    if not found:  # a region: two values that only together set the flagged trials apart
-        for i, (a, va) in enumerate(singles):
-            for b, vb in singles[i + 1 :]:
-                add(f"{a}={va} and {b}={vb}", _equal(((a, va), (b, vb))))
-    found.sort(key=lambda f: f[0])
-    return [f"all {len(bad)} flagged trials have {text}" for _, text in found]
-
-
-def _within(name: str, lo: float, hi: float) -> Callable[[Mapping[str, Any]], bool]:
-    def holds(params: Mapping[str, Any]) -> bool:
-        x = params.get(name)
-        return isinstance(x, int | float) and not isinstance(x, bool) and lo <= x <= hi
-
-    return holds
-
-
-def _equal(pairs: tuple[tuple[str, Any], ...]) -> Callable[[Mapping[str, Any]], bool]:
-    def holds(params: Mapping[str, Any]) -> bool:
-        return all(str(params.get(name)) == str(value) for name, value in pairs)
-
-    return holds

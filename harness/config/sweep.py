@@ -291,10 +291,19 @@ def with_options(
     storage: str | None = None,
     timeout: float | None = None,
     out: str | None = None,
+    sampler_seed: int | None = None,
     trial_overrides: Mapping[str, Any] | None = None,
 ) -> SweepSpec:
-    """CLI options over the sweep file (they win)."""
+    """CLI options over the sweep file (they win). A new sampler seed is written into the
+    recorded sweep file too (``raw``, the study's ``sweep`` attribute), so that the study says
+    which seed drew its trials."""
     changes: dict[str, Any] = {}
+    if sampler_seed is not None:
+        seed = integer("--sampler-seed", sampler_seed, 0)
+        changes["sampler"] = dataclasses.replace(spec.sampler, seed=seed)
+        raw_sampler = spec.raw.get("sampler")
+        sampler_raw = dict(raw_sampler) if isinstance(raw_sampler, Mapping) else {}
+        changes["raw"] = {**spec.raw, "sampler": {**sampler_raw, "seed": seed}}
     if n_trials is not None:
         changes["n_trials"] = integer("--n-trials", n_trials, 1)
     if study is not None:

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.checks.flags import OUTLIER_LOW, trial_level
-from harness.checks.outliers import TrialOutcome, find_outliers, shared_traits
+from harness.checks.outliers import TrialOutcome, find_outliers
+from harness.checks.traits import shared_traits
 from harness.config.sweep import SweepSpec
 from harness.sweep.attrs import attrs_of
 from harness.sweep.objective import fmt_value, judged_params, outcome

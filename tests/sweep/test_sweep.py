@@ -128,6 +128,25 @@ def test_sweep_file_errors_name_the_key_path(tiny_data, tmp_path, change, messag
         parse_spec(doc)
 
 
+def test_sampler_seed_option_replaces_the_file_s_seed_and_is_recorded(tiny_data, tmp_path):
+    from harness.config.sweep import with_options
+    from harness.sweep.study import jsonable_spec
+
+    spec = with_options(parse_spec(_sweep_doc(tiny_data, tmp_path)), sampler_seed=13)
+    assert spec.sampler.seed == 13 and spec.sampler.n_startup_trials == 2
+    assert jsonable_spec(spec)["sampler"] == {"name": "tpe", "seed": 13, "n_startup_trials": 2}
+    with pytest.raises(ConfigError, match=r"--sampler-seed: -1 must be an integer >= 0"):
+        with_options(spec, sampler_seed=-1)
+
+
+def test_cli_sampler_seed_error_is_one_line_exit_2(tiny_data, tmp_path, capsys):
+    path = _write(tmp_path, _sweep_doc(tiny_data, tmp_path))
+    rc = main(["sweep", str(path), "--sampler-seed", "-1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--sampler-seed: -1 must be" in err
+    assert not (tmp_path / "runs").exists()  # refused before any study was created
+
+
 def test_cli_sweep_error_is_one_line_exit_2(tiny_data, tmp_path, capsys):
     doc = _sweep_doc(tiny_data, tmp_path, sampler={"name": "nope"})
     rc = main(["sweep", str(_write(tmp_path, doc))])
