@@ -16,6 +16,7 @@ into rank 0's summary.json: ``rank 1 exited with code 3; rank 0: <what rank 0 sa
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -92,11 +93,27 @@ def command_line(nproc: int, harness_args: Sequence[str]) -> str:
     return " ".join(["torchrun", *torchrun_args(nproc, harness_args)])
 
 
+def torch_threads() -> int:
+    import torch  # only when ranks are started: `harness --help` stays fast
+
+    return torch.get_num_threads()
+
+
+def rank_environment(nproc: int, env: Mapping[str, str], threads: int) -> dict[str, str]:
+    """The ranks' environment: ``env``, with the CPU threads this process has shared among the
+    ranks (``OMP_NUM_THREADS``) unless the user set it. N ranks with every core each would
+    oversubscribe the cores; torchrun's own default is 1 thread per rank, with a warning."""
+    out = dict(env)
+    out.setdefault("OMP_NUM_THREADS", str(max(1, threads // nproc)))
+    return out
+
+
 def launch(
     nproc: int, harness_args: Sequence[str], *, env: Mapping[str, str] | None = None
 ) -> LaunchResult:
     """Run the ranks and wait for them; Ctrl-C (or SIGTERM turned into it) is passed on, the
     ranks write their record, then it propagates."""
+    env = rank_environment(nproc, os.environ if env is None else env, torch_threads())
     with tempfile.TemporaryDirectory(prefix="harness-launch-") as tmp:
         status = Path(tmp) / "failures.json"
         cmd = [sys.executable, "-m", "harness.fit.launch", str(status)]

@@ -21,7 +21,14 @@ from harness.data.loaders import load_data
 from harness.errors import HarnessError
 from harness.fit import evaluate, fit
 from harness.fit.distributed import ShardSampler
-from harness.fit.launch import LaunchResult, RankFailure, check_nproc, exit_code, failure_reason
+from harness.fit.launch import (
+    LaunchResult,
+    RankFailure,
+    check_nproc,
+    exit_code,
+    failure_reason,
+    rank_environment,
+)
 from harness.fit.record import RECORD_FILES, NullRecord, amend_summary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,6 +136,12 @@ def test_the_cause_of_a_failed_trial_is_the_rank_that_crashed():
     # every rank ended with a recorded failure (exit 1): rank 0's own record says why
     assert failure_reason([RankFailure(0, 1), RankFailure(1, 1)], "epoch 1: nan") is None
     assert failure_reason([RankFailure(1, 1)], None) == "rank 1 exited with code 1"
+
+
+def test_ranks_share_this_process_threads_unless_the_user_set_them():
+    assert rank_environment(2, {"PATH": "/bin"}, 8) == {"PATH": "/bin", "OMP_NUM_THREADS": "4"}
+    assert rank_environment(4, {}, 2)["OMP_NUM_THREADS"] == "1"  # never 0
+    assert rank_environment(2, {"OMP_NUM_THREADS": "3"}, 8)["OMP_NUM_THREADS"] == "3"
 
 
 def test_exit_code_of_the_launcher():
