@@ -110,7 +110,10 @@ def format_report(r: GpuReport) -> str:
     lines = [*_header(r), ""]
     lines += [f"{name:<{width}}  {result}  {target}".rstrip() for name, result, target in rows]
     verdict = "PASS" if r.passed else "FAIL"
-    lines += ["", f"{verdict}: fit vs bare and MaxUnpool2d; {r.wall_s:.0f}s in all"]
+    # name each check's own verdict: "FAIL: fit vs bare and MaxUnpool2d" read as both failing
+    fit, unpool = _verdict(r.fit_vs_bare.passed), _verdict(r.unpool.passed)
+    checks = f"fit vs bare {fit}, MaxUnpool2d {unpool}"
+    lines += ["", f"{verdict} ({checks}); {r.wall_s:.0f}s in all"]
     return "\n".join(lines) + "\n"
 
 

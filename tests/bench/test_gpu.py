@@ -100,7 +100,11 @@ def test_cpu_run_writes_json_and_a_readable_table(cpu_report, tmp_path):
     assert "fit vs bare loop" in text and ">= 0.95" in text
     assert "peak unknown for CPU" in text and "n/a (CPU)" in text
     assert "MaxUnpool2d bf16+channels_last vs fp32" in text
-    assert text.splitlines()[-1].startswith(("PASS", "FAIL"))
+    last = text.splitlines()[-1]
+    assert last.startswith(("PASS", "FAIL"))
+    # each check's own verdict is named, so a pass is never read as a failure
+    assert f"MaxUnpool2d {'PASS' if report.unpool.passed else 'FAIL'}" in last
+    assert f"fit vs bare {'PASS' if report.fit_vs_bare.passed else 'FAIL'}" in last
 
 
 def test_unknown_gpu_says_peak_unknown():
