@@ -15,7 +15,7 @@ from torch import nn
 
 from harness.config import TrialConfig
 from harness.data.loaders import make_loaders
-from harness.fit.loop import autocast, resolve_device, seed_everything, synchronize
+from harness.fit.loop import autocast, grad_scaler, resolve_device, seed_everything, synchronize
 from harness.fit.runtime import apply_cudnn, compiled, trial_runtime
 from harness.models import build_model
 from harness.optim import build_optimizer
@@ -33,8 +33,7 @@ def bare_loop_throughput(cfg: TrialConfig, bundle, epochs: int) -> list[float]:
     optimizer = build_optimizer(model, cfg.optim)
     net = compiled(model, rt)
     criterion = nn.CrossEntropyLoss(ignore_index=bundle.ignore_index)
-    # fp16 autocast needs loss scaling, as in fit; bf16 does not
-    scaler = torch.amp.GradScaler("cuda") if rt.amp == "float16" else None
+    scaler = grad_scaler(rt.amp)  # as fit
     train_loader, _ = make_loaders(
         bundle,
         cfg,
@@ -51,7 +50,7 @@ def bare_loop_throughput(cfg: TrialConfig, bundle, epochs: int) -> list[float]:
             if rt.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             masks = masks.to(device, non_blocking=True)
-            with autocast(device, rt.amp is not None):
+            with autocast(device, rt.amp):
                 loss = criterion(net(images), masks)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:

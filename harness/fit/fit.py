@@ -49,6 +49,7 @@ from harness.fit.loop import (
     NonFiniteLoss,
     count_params,
     evaluate,
+    grad_scaler,
     resolve_device,
     seed_everything,
     train_one_epoch,
@@ -118,8 +119,8 @@ class FitState:
         return list(self.bundle.class_names)
 
     @property
-    def amp(self) -> bool:
-        return self.runtime.amp is not None
+    def amp(self) -> str | None:
+        return self.runtime.amp
 
     @property
     def channels_last(self) -> bool:
@@ -292,8 +293,7 @@ def _run_epochs(state: FitState, console: Console | None, verbose: bool, label: 
     scheduler = state.scheduler or build_scheduler(
         state.optimizer, cfg.optim, cfg.train.epochs * steps_per_epoch
     )
-    bf16 = torch.cuda.is_bf16_supported() if state.amp else False
-    scaler = torch.amp.GradScaler("cuda") if state.amp and not bf16 else None
+    scaler = grad_scaler(state.amp)
     criterion = nn.CrossEntropyLoss(ignore_index=state.bundle.ignore_index)
     step_callbacks = [
         cb for cb in state.callbacks if type(cb).on_step_end is not Callback.on_step_end

@@ -46,11 +46,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if not enabled:
+def autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision in ``amp``'s dtype (``Runtime.amp``: bfloat16, float16), None: off."""
+    if amp is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, amp))
+
+
+def grad_scaler(amp: str | None) -> torch.amp.GradScaler | None:
+    """float16 needs loss scaling (its small gradients underflow to 0); bfloat16 does not."""
+    return torch.amp.GradScaler("cuda") if amp == "float16" else None
 
 
 def train_one_epoch(
@@ -62,7 +67,7 @@ def train_one_epoch(
     *,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    amp: bool = False,
+    amp: str | None = None,
     channels_last: bool = False,
     advance: Callable[..., None] = lambda **_: None,
     on_step: Callable[[int, float], None] | None = None,
@@ -114,7 +119,7 @@ def evaluate(
     num_classes: int,
     ignore_index: int = 255,
     *,
-    amp: bool = False,
+    amp: str | None = None,
     channels_last: bool = False,
     sync: Callable[[SegMetrics, float, int], tuple[float, int]] | None = None,
 ) -> dict[str, Any]:

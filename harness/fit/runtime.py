@@ -49,6 +49,14 @@ def auto_num_workers(device_type: str, cores: int) -> int:
     return max(1, min(MAX_AUTO_WORKERS, cores))
 
 
+def amp_dtype(enabled: bool, *, cuda: bool, bf16: bool) -> str | None:
+    """``train.amp``'s autocast dtype: bfloat16 where the GPU has it, else float16; None off
+    CUDA (autocast is for the GPU's tensor cores here)."""
+    if not (enabled and cuda):
+        return None
+    return "bfloat16" if bf16 else "float16"
+
+
 def physical_device(device: torch.device | str, env_visible: str | None) -> str:
     """``cuda:0`` under ``CUDA_VISIBLE_DEVICES=2,3`` is the machine's ``cuda:2``; the CPU is
     ``cpu``. Without the variable (or with GPU UUIDs in it) the index is the machine's own or
@@ -89,7 +97,7 @@ def resolve_runtime(
         persistent_workers=persistent and workers > 0,
         deterministic=deterministic,
         cudnn_benchmark=cuda and not deterministic,
-        amp=("bfloat16" if bf16 else "float16") if train.amp and cuda else None,
+        amp=amp_dtype(train.amp, cuda=cuda, bf16=bf16),
         channels_last=train.channels_last and cuda,
         compile=train.compile,
     )

@@ -20,7 +20,7 @@ from harness.data.coco import CocoSplit
 from harness.data.transforms import IGNORE_INDEX
 from harness.files import atomic_write, dumps
 from harness.fit.loop import autocast, resolve_device
-from harness.fit.runtime import auto_num_workers
+from harness.fit.runtime import amp_dtype, auto_num_workers
 from harness.metrics import SegMetrics
 from harness.predict.inputs import (
     FORMATS,
@@ -50,7 +50,7 @@ class _Predictor:
     model: nn.Module
     device: torch.device
     tta: str
-    amp: bool
+    amp: str | None  # the autocast dtype, as the trainer evaluated
     channels_last: bool
 
     @torch.no_grad()
@@ -192,7 +192,11 @@ def predict(
         model,
         dev,
         mode,
-        amp=cfg.train.amp and dev.type == "cuda",  # as the trainer evaluated
+        amp=amp_dtype(
+            cfg.train.amp,
+            cuda=dev.type == "cuda",
+            bf16=dev.type == "cuda" and torch.cuda.is_bf16_supported(),
+        ),
         channels_last=cfg.train.channels_last and dev.type == "cuda",
     )
     _create_out(folder)
