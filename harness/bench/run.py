@@ -47,7 +47,7 @@ from harness.sweep.storage import storage_url
 from harness.sweep.study import create_study
 from harness.sweep.view import best_trial, trials_of
 from harness.sweep.workers import run_sweep
-from harness.tracking import Tracker, make_tracker
+from harness.tracking import Tracker, TrialStart, make_tracker
 
 
 def bench_overhead(cfg: TrialConfig, rounds: int = 3, epochs: int = 2) -> dict[str, float]:
@@ -81,8 +81,8 @@ class _TimedTracker(Tracker):
         finally:
             self.seconds += time.perf_counter() - start
 
-    def start(self, cfg: TrialConfig, **kwargs: Any) -> None:
-        self._timed(self.inner.start, cfg, **kwargs)
+    def start(self, trial: TrialStart) -> None:
+        self._timed(self.inner.start, trial)
 
     def log_epoch(self, row: Mapping[str, Any], *, final: bool) -> None:
         self._timed(self.inner.log_epoch, row, final=final)

@@ -60,7 +60,7 @@ from harness.fit.verdicts import collect_flags
 from harness.models import build_model, check_output
 from harness.optim import build_scheduler, check_f_lr_modules, frozen_modules, group_lrs
 from harness.progress import bar
-from harness.tracking import Tracker, make_tracker
+from harness.tracking import Tracker, TrialStart, make_tracker
 
 
 class AuditFailed(HarnessError):
@@ -172,12 +172,14 @@ def fit(
         tracker = Tracker()
     state.tracker = tracker if tracker is not None else make_tracker(cfg, console)
     state.tracker.start(
-        cfg,
-        model=state.model,
-        device=state.device,
-        bundle=state.bundle,
-        audit=state.audit,
-        runtime=state.runtime_info,
+        TrialStart(
+            cfg=cfg,
+            model=state.model,
+            device=state.device,
+            bundle=state.bundle,
+            audit=state.audit,
+            runtime=state.runtime_info,
+        )
     )
     if cfg.train.strict and not state.audit_ok_everywhere:
         found = [f.message for f in state.audit.findings] + list(state.ranks_flags.values())

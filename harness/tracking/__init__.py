@@ -13,11 +13,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.config import TrialConfig
-from harness.tracking.base import Tracker, console_say
+from harness.tracking.base import Tracker, TrialStart, console_say
 from harness.tracking.panels import LocalTracker, MaskPanel
 from harness.tracking.wandb import WandbTracker
 
-__all__ = ["LocalTracker", "MaskPanel", "Tracker", "WandbTracker", "make_tracker"]
+__all__ = [
+    "LocalTracker",
+    "MaskPanel",
+    "Tracker",
+    "TrialStart",
+    "WandbTracker",
+    "make_tracker",
+]
 
 
 def make_tracker(

@@ -3,7 +3,7 @@
 ``fit`` always writes the local run record (config.yaml, metrics.jsonl, summary.json, ...). A
 ``Tracker`` receives the same numbers at the same moments:
 
-    start(cfg, model=, device=, bundle=, audit=)   after the param-group audit, before training
+    start(TrialStart)                              after the param-group audit, before training
     log_epoch(row, final=)                         once per completed epoch (the metrics.jsonl row)
     finish(summary)                                exactly once, whatever the outcome
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,21 +53,24 @@ def console_say(console: Any) -> Say:
 # --- the protocol ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrialStart:
+    """What a tracker is told when a trial starts: after the param-group audit, before training."""
+
+    cfg: TrialConfig
+    model: nn.Module
+    device: torch.device
+    bundle: Any  # harness.data.dataset.DataBundle (val images for the mask panels, class names)
+    audit: Any  # harness.checks.audit.AuditReport
+    runtime: Mapping[str, Any] | None = None  # the resolved runtime settings (summary.json)
+
+
 class Tracker:
     """``--tracking none``: the run record alone. The base of the other backends."""
 
     backend = "none"
 
-    def start(
-        self,
-        cfg: TrialConfig,
-        *,
-        model: nn.Module,
-        device: torch.device,
-        bundle: Any,
-        audit: Any,
-        runtime: Mapping[str, Any] | None = None,
-    ) -> None:
+    def start(self, trial: TrialStart) -> None:
         pass
 
     def log_epoch(self, row: Mapping[str, Any], *, final: bool) -> None:

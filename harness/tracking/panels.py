@@ -15,12 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.config import TrialConfig
 from harness.data.dataset import fixed_val_indices
 from harness.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from harness.palette import class_palette
 from harness.secrets import redact
-from harness.tracking.base import Say, Tracker, stderr
+from harness.tracking.base import Say, Tracker, TrialStart, stderr
 
 
 def media_due(epoch: int, final: bool, every: int) -> bool:
@@ -107,18 +106,10 @@ class PanelTracker(Tracker):
         self._model: nn.Module | None = None
         self._device = torch.device("cpu")
 
-    def start(
-        self,
-        cfg: TrialConfig,
-        *,
-        model: nn.Module,
-        device: torch.device,
-        bundle: Any,
-        audit: Any,
-        runtime: Mapping[str, Any] | None = None,
-    ) -> None:
+    def start(self, trial: TrialStart) -> None:
+        cfg, bundle = trial.cfg, trial.bundle
         self.every = cfg.tracking.media_every
-        self._model, self._device = model, device
+        self._model, self._device = trial.model, trial.device
         if cfg.tracking.media_images > 0:
             try:
                 self.panel = MaskPanel.build(
@@ -148,18 +139,9 @@ class LocalTracker(PanelTracker):
         super().__init__(say)
         self.dir: Path | None = None
 
-    def start(
-        self,
-        cfg: TrialConfig,
-        *,
-        model: nn.Module,
-        device: torch.device,
-        bundle: Any,
-        audit: Any,
-        runtime: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().start(cfg, model=model, device=device, bundle=bundle, audit=audit, runtime=runtime)
-        self.dir = cfg.run_dir / "media"
+    def start(self, trial: TrialStart) -> None:
+        super().start(trial)
+        self.dir = trial.cfg.run_dir / "media"
 
     def log_epoch(self, row: Mapping[str, Any], *, final: bool) -> None:
         try:

@@ -11,19 +11,16 @@ import netrc
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-import torch
-from torch import nn
 
 from harness import __version__
 from harness.config import FLAT_KEYS, TrialConfig
 from harness.plugins import source_record
 from harness.secrets import redact
-from harness.tracking.base import Say, say_once, stderr
+from harness.tracking.base import Say, TrialStart, say_once, stderr
 from harness.tracking.panels import PanelTracker
 
 # exit codes W&B turns into run states: non-zero is "failed"; a pruned trial is not a crash
@@ -227,16 +224,8 @@ class WandbTracker(PanelTracker):
 
     # the W&B calls, each guarded: W&B trouble never ends a trial -------------------------
 
-    def start(
-        self,
-        cfg: TrialConfig,
-        *,
-        model: nn.Module,
-        device: torch.device,
-        bundle: Any,
-        audit: Any,
-        runtime: Mapping[str, Any] | None = None,
-    ) -> None:
+    def start(self, trial: TrialStart) -> None:
+        cfg = trial.cfg
         self._run_dir = cfg.run_dir
         self.log_model = cfg.tracking.log_model
         mode, why = resolve_mode(os.environ)
@@ -247,36 +236,20 @@ class WandbTracker(PanelTracker):
             )
             return
         try:
-            self._start(
-                cfg,
-                mode,
-                why,
-                model=model,
-                device=device,
-                bundle=bundle,
-                audit=audit,
-                runtime=runtime,
-            )
+            self._start(trial, mode, why)
         except Exception as exc:
-            with suppress(Exception):
-                if self.run is not None:
+            reason = redact(f"{type(exc).__name__}: {exc}")
+            if self.run is not None:
+                try:
                     self.run.finish(exit_code=1)
-            self._local_only(redact(f"{type(exc).__name__}: {exc}"))
+                except Exception as also:  # said with the first failure, not instead of it
+                    reason += f"; closing the W&B run failed too: {redact(str(also))}"
+            self._local_only(reason)
 
     # long: the online -> offline -> record-only fallback, one attempt per mode, in order
-    def _start(
-        self,
-        cfg: TrialConfig,
-        mode: str,
-        why: str,
-        *,
-        model: nn.Module,
-        device: torch.device,
-        bundle: Any,
-        audit: Any,
-        runtime: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().start(cfg, model=model, device=device, bundle=bundle, audit=audit, runtime=runtime)
+    def _start(self, trial: TrialStart, mode: str, why: str) -> None:
+        super().start(trial)
+        cfg, bundle, audit = trial.cfg, trial.bundle, trial.audit
         os.environ.setdefault("WANDB_SILENT", "true")  # before the import: no banner per trial
         try:
             import wandb
@@ -289,8 +262,8 @@ class WandbTracker(PanelTracker):
         self._env = ExitStack()
         self._env.enter_context(wandb_env(root))
         config = run_config(
-            cfg, bundle.info, bundle.class_names, sum(p.numel() for p in model.parameters()),
-            self.extra_config, runtime,
+            cfg, bundle.info, bundle.class_names,
+            sum(p.numel() for p in trial.model.parameters()), self.extra_config, trial.runtime,
         )  # fmt: skip
         tags = start_tags(cfg, audit, self.tags)
         for attempt in ["online", "offline"] if mode == "online" else ["offline"]:
@@ -424,8 +397,10 @@ class WandbTracker(PanelTracker):
                 "recorded locally only"
             )
             if run is not None:
-                with suppress(Exception):  # already broken; the local record is complete
+                try:
                     run.finish(exit_code=1)
+                except Exception as also:  # already broken; the local record is complete
+                    self._info["error"] += f"; closing the W&B run failed too: {redact(str(also))}"
 
     def _local_only(self, reason: str) -> None:
         self.run = None

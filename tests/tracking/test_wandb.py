@@ -20,7 +20,7 @@ from harness.data.loaders import load_data
 from harness.fit import Callback, StopTrial, fit
 from harness.fit.record import read_metrics
 from harness.models import build_model
-from harness.tracking import MaskPanel, WandbTracker
+from harness.tracking import MaskPanel, TrialStart, WandbTracker
 from harness.tracking import base as tracking_base
 from harness.tracking import wandb as tracking_wandb
 from harness.tracking.wandb import AUDIT_TABLE_KEY, MEDIA_KEY
@@ -278,6 +278,28 @@ def test_start_failures_fall_back_to_offline_then_to_the_local_record(
     assert "W&B could not start (OSError: disk full): this trial is recorded locally only" in err
     assert not list((third.run_dir / "wandb").glob("offline-run-*"))
     assert read_metrics(third.run_dir)
+
+
+def test_a_run_that_fails_to_close_after_a_failed_start_is_said_too(tiny_cfg, monkeypatch):
+    class Unclosable:
+        def finish(self, exit_code):
+            raise OSError("socket closed")
+
+    def half_started(self, trial, mode, why):
+        self.run = Unclosable()
+        raise RuntimeError("init timed out")
+
+    monkeypatch.setattr(WandbTracker, "_start", half_started)
+    said = []
+    tracker = WandbTracker(say=said.append)
+    trial = TrialStart(cfg=tiny_cfg, model=torch.nn.Linear(1, 1), device=torch.device("cpu"),
+                       bundle=None, audit=None)  # fmt: skip
+    tracker.start(trial)
+    error = tracker.info()["error"]
+    assert tracker.info()["mode"] == "local-only"
+    assert "RuntimeError: init timed out" in error
+    assert "closing the W&B run failed too: socket closed" in error
+    assert said == [f"W&B could not start ({error}): this trial is recorded locally only"]
 
 
 @pytest.mark.slow
