@@ -13,6 +13,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
+	@test -x $(BIN)/python || bash scripts/ensure-venv.sh $(PYTHON)  # Debian: python3.X-venv
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# pinned torch pair: a CUDA build that also runs on the CPU (see README)

@@ -24,37 +24,13 @@ if ((${#pkgs[@]} == 0)); then
     exit 0
 fi
 
-cmd="apt-get update && apt-get install -y ${pkgs[*]}"
-if ! command -v apt-get >/dev/null; then
-    echo "$me: missing ${pkgs[*]} and no apt-get (not Debian): install ${pkgs[*]} with your package manager (Debian: $cmd)" >&2
-    exit 2
-fi
-sudo=()
-if [[ $(id -u) -ne 0 ]]; then
-    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-        sudo=(sudo -n)
-    else
-        echo "$me: missing ${pkgs[*]} and not root: run as root: $cmd" >&2
-        exit 2
-    fi
-fi
-
+# shellcheck source=apt-install.sh
+source "$(dirname "$0")/apt-install.sh"
+apt_check "$me" "${pkgs[@]}"
 for i in "${!pkgs[@]}"; do
     echo "$me: installing ${pkgs[i]} (Debian package) — ${whys[i]}"
 done
-
-# apt-get -qq still lets dpkg talk: keep its output in a log and show it only when a step fails
-log=$(mktemp "${TMPDIR:-/tmp}/$me.XXXXXX")
-trap 'rm -f "$log"' EXIT
-quiet() {
-    if ! "$@" >"$log" 2>&1; then
-        echo "$me: failed: $*" >&2
-        tail -n 30 "$log" >&2
-        exit 1
-    fi
-}
-quiet "${sudo[@]}" apt-get update -qq
-quiet "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-upgrade "${pkgs[@]}"
+apt_install "$me" "${pkgs[@]}"
 
 # the package names are right for Debian; make sure they gave the tests what they look for
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null \
