@@ -352,31 +352,22 @@ def _trial_links(
 def _launch_trial(cfg: TrialConfig, nproc: int, *, quiet: bool, verbose: bool) -> None:
     """``harness trial --nproc N``: the ranks under torchrun, then the reason a rank died (which
     only the launcher knows) written into summary.json; exits with the trial's code."""
-    import tempfile
-
     import torch
 
-    from harness.fit.launch import (
-        check_nproc,
-        command_line,
-        exit_code,
-        launch,
-        rank_args,
-        settle,
-    )
+    from harness.fit.launch import check_nproc, exit_code, launch_trial, settle
     from harness.fit.record import ensure_free
 
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     check_nproc(nproc, cfg.train.device, cuda)
     ensure_free(cfg.run_dir)
     on_gpu = cfg.train.device == "cuda" or (cfg.train.device == "auto" and cuda > 0)
-    with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        args = [*rank_args(cfg, path), *(["-q"] if quiet else []), *(["-v"] * verbose)]
-        where = "one per GPU, nccl" if on_gpu else "on the CPU, gloo"
-        print(f"starting {nproc} processes ({where}): {command_line(nproc, args)}", flush=True)
-        result = launch(nproc, args)
+    where = "one per GPU, nccl" if on_gpu else "on the CPU, gloo"
+    result = launch_trial(
+        cfg,
+        nproc,
+        [*(["-q"] if quiet else []), *(["-v"] * verbose)],
+        announce=lambda cmd: print(f"starting {nproc} processes ({where}): {cmd}", flush=True),
+    )
     summary, reason = settle(cfg.run_dir, result)
     status = None if summary is None else summary.get("status")
     if result.failures:

@@ -21,12 +21,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import TrialConfig
+from harness.config import TrialConfig, save_config
 from harness.errors import HarnessError
 from harness.fit.record import amend_summary
 
@@ -91,6 +91,25 @@ def rank_args(cfg: TrialConfig, config: Path) -> list[str]:
 def command_line(nproc: int, harness_args: Sequence[str]) -> str:
     """What the launcher starts, as the user could type it."""
     return " ".join(["torchrun", *torchrun_args(nproc, harness_args)])
+
+
+def launch_trial(
+    cfg: TrialConfig,
+    nproc: int,
+    flags: Sequence[str] = (),
+    *,
+    env: Mapping[str, str] | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> LaunchResult:
+    """Train ``cfg`` on ``nproc`` ranks: each runs ``harness trial`` on the resolved config
+    (written to a temporary file) plus ``flags``; ``announce`` gets the command line first."""
+    with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
+        config = Path(tmp) / "config.yaml"
+        save_config(cfg, config)
+        args = [*rank_args(cfg, config), *flags]
+        if announce is not None:
+            announce(command_line(nproc, args))
+        return launch(nproc, args, env=env)
 
 
 def torch_threads() -> int:

@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.config import TrialConfig
 from harness.config.sweep import SweepSpec
 from harness.fit import TrialResult, read_metrics
-from harness.fit.launch import launch, rank_args, settle
+from harness.fit.launch import launch_trial, settle
 
 LINK_ENV = "HARNESS_SWEEP_LINK"
 
@@ -43,12 +41,11 @@ def run_on_ranks(
     """Train ``cfg`` on ``nproc`` ranks as trial ``number`` of the study; its outcome as
     ``fit`` would return it (a trial whose rank 0 wrote no record comes back failed)."""
     with tempfile.TemporaryDirectory(prefix="harness-sweep-trial-") as tmp:
-        link, config = Path(tmp) / "link.pickle", Path(tmp) / "config.yaml"
+        link = Path(tmp) / "link.pickle"
         # our own file, read back by our own ranks: pickle keeps the spec exactly
         link.write_bytes(pickle.dumps(TrialLink(spec, url, number)))
-        config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        args = [*rank_args(cfg, config), *(["-v"] if verbose else ["-q"])]
-        result = launch(nproc, args, env={**os.environ, LINK_ENV: str(link)})
+        flags = ["-v"] if verbose else ["-q"]
+        result = launch_trial(cfg, nproc, flags, env={**os.environ, LINK_ENV: str(link)})
     summary, reason = settle(cfg.run_dir, result)
     if summary is None:
         return _failed(cfg, reason or f"the ranks exited with code {result.returncode}")
