@@ -3,7 +3,8 @@
 Seconds, no training. Each simulated study samples trials uniformly over the default search
 space as it was when the surface was calibrated (lr 3e-4..1e-2 and f_lr 1e-5..1e-2
 log-uniform, three BatchNorm switches; ``sweeps/default.yaml`` has since narrowed both to
-1e-3..6e-3, which this benchmark has not followed), gives every
+1e-3..6e-3: three rows repeat the main scenarios over that space, where the learners spread
+less and none diverges), gives every
 trial a healthy outcome from a response surface calibrated on the project's real studies
 (``CALIBRATION``), lets a bug hit a share of them (or exactly the trials of one region), and asks
 both detectors (v1 ``low_miou_outliers``, v2 ``find_outliers``) which trials are outliers.
@@ -25,14 +26,15 @@ flags: the share of healthy trials flagged. Both pooled over all studies of a sc
 from __future__ import annotations
 
 import math
+import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from harness.checks.outliers import TrialOutcome, find_outliers, low_miou_outliers
+from harness.checks.outliers import Outlier, TrialOutcome, encode_params, find_outliers
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class BugLevel:
     at_majority: bool  # it ends at the majority-class level (the model predicts that class)
     loss_first: tuple[float, float]  # epoch-1 train/loss: mean, sd
     loss_kept: tuple[float, float]  # the last epoch's loss over the first: drawn in this range
+    val_gap: tuple[float, float]  # the last val/loss minus the last train/loss: mean, sd
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,20 @@ class Calibration:
     the 5 zero-lr-decoder, frozen-decoder and shuffled-masks trials ended at the majority-class
     level (0.0001-0.0007 above it), their loss falling from 1.77-2.05 to 49-57% of that (the
     encoder and the FCN still learn; the model still predicts the majority class).
+    Their last val/loss sat 0.01-0.08 above their last train/loss for the correct trials, 0.02
+    below to 0.05 above for the majority-level bugs (1.01-1.15 for frozen and zero-lr decoders,
+    0.915 for shuffled masks) and 0.04 below for encoder-only (2.13); the val loss of predicting
+    the class frequencies everywhere (``val/prior_loss``) is 0.930.
+    Measured on DeconvNets without decoder BN (``harness trial --no-decoder-bn``, 8 epochs,
+    2 December 2026; lr, f_lr, other switches: 3e-3, 3e-3, BN on; 1e-3, 1e-3, encoder BN off;
+    6e-3, 2e-3, FCN BN off): stuck at 0.0854, their train loss ended at 0.73, 0.71 and 0.88
+    (from 1.54, 1.66 and 4.64) and their val loss at 0.77, 0.70 and 0.90, below 0.930: they
+    learn from their images, yet still predict the majority class. The benchmark before this
+    had assumed their loss stayed flat (4% below the first epoch).
     Assumed (not measured on real runs): the lr curvature and the f_lr term (chosen so that
     lr 3e-4 lands at the low end of the measured range), the divergence region at the top of the
     lr range, the per-trial noise 0.01-0.02, the loss of trials far from the peak (the measured
-    slope, extrapolated), stuck trials' loss about 4% below their first epoch (the
-    no-learning check's < 5%), a diverged trial rising back to 1.0-1.4x its first epoch, and the
+    slope, extrapolated), a diverged trial rising back to 1.0-1.4x its first epoch, and the
     spread of the severe level.
     """
 
@@ -82,19 +94,25 @@ class Calibration:
     diverge_from_lr: float = 6e-3  # above it a learning trial may diverge ...
     diverge_at_top: float = 0.5  # ... with this probability at the top of the lr range
     diverged_below: float = 0.02  # a diverged trial ends at majority - |N(0, this)|
-    severe: BugLevel = BugLevel((0.029, 0.004), False, (2.21, 0.03), (0.9, 1.0))  # encoder-only
-    moderate: BugLevel = BugLevel((0.0, 4e-4), True, (1.93, 0.1), (0.49, 0.58))  # zero-lr-decoder
-    partial: BugLevel = BugLevel((0.09, 0.008), False, (1.93, 0.1), (0.49, 0.58))  # not seen
+    # encoder-only; zero-lr-decoder, frozen-decoder, shuffled-masks; a level no run has shown
+    severe: BugLevel = BugLevel((0.029, 0.004), False, (2.21, 0.03), (0.9, 1.0), (-0.04, 0.01))
+    moderate: BugLevel = BugLevel((0.0, 4e-4), True, (1.93, 0.1), (0.49, 0.58), (0.0, 0.03))
+    partial: BugLevel = BugLevel((0.09, 0.008), False, (1.93, 0.1), (0.49, 0.58), (0.0, 0.03))
     loss_first: tuple[float, float] = (1.76, 0.07)  # epoch-1 train/loss: mean, sd
     loss_at_peak: float = 0.62
     loss_per_miou: float = 1.5  # last loss rises this much per mIoU below the peak
     loss_noise: float = 0.015
+    stuck_loss_last: tuple[float, float] = (0.70, 0.88)  # decoder BN off: the last train/loss
+    stuck_val_gap: tuple[float, float] = (0.02, 0.02)  # ... and its val/loss above that
+    val_gap: tuple[float, float] = (0.04, 0.025)  # healthy: last val/loss - last train/loss
+    prior_loss: float = 0.930  # val/prior_loss of the built-in data
     epochs: int = 8
     lr_range: tuple[float, float] = (3e-4, 1e-2)
     f_lr_range: tuple[float, float] = (1e-5, 1e-2)
 
 
 CALIBRATION = Calibration()
+CURRENT_SPACE = replace(CALIBRATION, lr_range=(1e-3, 6e-3), f_lr_range=(1e-3, 6e-3))
 VISIBLE_DROP = 0.02  # a bugged trial counts towards recall when the bug cost it this much
 
 
@@ -105,6 +123,10 @@ class Scenario:
     share: float = 0.0  # the share of trials the bug hits (drawn at random) ...
     region: Callable[[dict[str, Any]], bool] | None = None  # ... or exactly these trials
     calibration: Calibration = CALIBRATION
+    # "bug-demo": the space and draw of sweeps/bug-demo.yaml instead (lr 2e-3..5e-3 and
+    # encoder_bn; each trial correct with odds 5/9, else one of the four bugs: encoder-only
+    # severe, the other three moderate), the other fields unused
+    draw: str = "default"
     # recall targets: (from this study size on, at least this recall); none: reported only
     targets: tuple[tuple[int, float], ...] = ()
 
@@ -133,7 +155,25 @@ SCENARIOS = (
     Scenario("severe region fcn BN", "severe", region=_fcn, targets=((12, 0.8),)),
     Scenario("moderate region enc+dec BN", "moderate", region=_enc_and_dec),
     Scenario("partial 25% (0.09)", "partial", 0.25),
+    Scenario("bug-demo draw (4 bugs, 4/9)", draw="bug-demo"),
+    # the same surface over sweeps/default.yaml's space as it is now (1e-3..6e-3 for both)
+    Scenario("no bug, current space", calibration=CURRENT_SPACE),
+    Scenario(
+        "severe 25%, current space",
+        "severe",
+        0.25,
+        calibration=CURRENT_SPACE,
+        targets=((24, 0.9),),
+    ),
+    Scenario(
+        "moderate 25%, current space",
+        "moderate",
+        0.25,
+        calibration=CURRENT_SPACE,
+        targets=((24, 0.7),),
+    ),
 )
+BUG_DEMO_LR = (2e-3, 5e-3)
 
 
 def recall_target(s: Scenario, n: int) -> float | None:
@@ -162,6 +202,8 @@ def simulate_study(
     """One study: its trials, the bugged trials that count towards recall (the bug made them
     visibly worse) and the healthy ones (the bug did not hit them)."""
     c = scenario.calibration
+    if scenario.draw == "bug-demo":
+        return _bug_demo_study(n, c, rng)
     noise = rng.uniform(*c.noise)
     n_bugged = round(scenario.share * n)
     hit = set(rng.choice(n, size=n_bugged, replace=False).tolist()) if n_bugged else set()
@@ -177,9 +219,11 @@ def simulate_study(
             "decoder_bn": bool(rng.random() < 0.5),
         }
         first = float(rng.normal(*c.loss_first))
-        if not p["decoder_bn"]:  # stuck: exactly the no-learning level, loss barely falls
+        gap = c.val_gap
+        if not p["decoder_bn"]:  # stuck: exactly the no-learning level, the loss still falls
             value = c.majority
-            curve = _curve(first, first * rng.uniform(0.955, 0.97), c.epochs, rng)
+            curve = _curve(first, rng.uniform(*c.stuck_loss_last), c.epochs, rng)
+            gap = c.stuck_val_gap
         else:
             level = (
                 c.peak
@@ -207,11 +251,97 @@ def simulate_study(
                 visible.add(i)
                 start = float(rng.normal(*bug.loss_first))
                 curve = _curve(start, start * rng.uniform(*bug.loss_kept), c.epochs, rng)
-                value = buggy
+                value, gap = buggy, bug.val_gap
         else:
             healthy.add(i)
-        trials.append(TrialOutcome(i, p, value, c.majority, tuple(curve)))
+        val = (curve[-1] + float(rng.normal(*gap)),)
+        trials.append(TrialOutcome(i, p, value, c.majority, tuple(curve), val, c.prior_loss))
     return trials, visible, healthy
+
+
+def _bug_demo_study(
+    n: int, c: Calibration, rng: np.random.Generator
+) -> tuple[list[TrialOutcome], set[int], set[int]]:
+    """``simulate_study`` for the bug demo's space and draw (see ``Scenario.draw``)."""
+    noise = rng.uniform(*c.noise)
+    trials, visible, healthy = [], set(), set()
+    for i in range(n):
+        lr = float(math.exp(rng.uniform(*np.log(BUG_DEMO_LR))))
+        p = {"lr": lr, "encoder_bn": bool(rng.random() < 0.5)}
+        level = (
+            c.peak
+            - c.lr_curvature * math.log10(lr / c.lr_best) ** 2
+            - c.f_lr_curvature * math.log10(3e-3 / c.f_lr_best) ** 2
+            - c.encoder_bn_gain * (not p["encoder_bn"])
+        )
+        value = level + float(rng.normal(0, noise))
+        first = float(rng.normal(*c.loss_first))
+        last = c.loss_at_peak + c.loss_per_miou * (c.peak - level)
+        curve = _curve(first, last + float(rng.normal(0, c.loss_noise)), c.epochs, rng)
+        gap = c.val_gap
+        pick = int(rng.integers(9))  # 0-4 correct, 5 encoder-only, 6-8 the moderate three
+        if pick >= 5:
+            bug = c.severe if pick == 5 else c.moderate
+            value = _bug_value(bug, c.majority, rng)
+            start = float(rng.normal(*bug.loss_first))
+            curve = _curve(start, start * rng.uniform(*bug.loss_kept), c.epochs, rng)
+            gap = bug.val_gap
+            visible.add(i)
+        else:
+            healthy.add(i)
+        val = (curve[-1] + float(rng.normal(*gap)),)
+        trials.append(TrialOutcome(i, p, value, c.majority, tuple(curve), val, c.prior_loss))
+    return trials, visible, healthy
+
+
+# --- v1, the yardstick -------------------------------------------------------------------
+
+
+def _distance(a: list[tuple[str, float | str]], b: list[tuple[str, float | str]]) -> float:
+    total = 0.0
+    for (kind, x), (_, y) in zip(a, b, strict=True):
+        if kind == "num":
+            total += (float(x) - float(y)) ** 2
+        else:
+            total += 0.0 if x == y else 1.0
+    return math.sqrt(total)
+
+
+def low_miou_outliers(trials: Sequence[tuple[Any, Mapping[str, Any], float]]) -> dict[Any, Outlier]:
+    """The previous detector (v1), kept as this benchmark's yardstick with its thresholds as
+    they shipped: leave-one-out, the median of the k nearest neighbours, the scale the
+    larger of their MAD and the study-wide MAD of all residuals; flagged beyond z scales and
+    min_drop mIoU. ``trials``: (key, params, val mIoU) of finished trials. Returns the flagged
+    ones by key.
+
+    Fewer than ``min_trials`` trials: nothing is judged (too few to say what is normal).
+    """
+    k, z, min_drop, min_scale, min_trials = 5, 3.5, 0.05, 0.01, 5
+    trials = [t for t in trials if t[2] is not None and math.isfinite(t[2])]
+    if len(trials) < min_trials:
+        return {}
+    encoded = encode_params(trials)
+    preds: list[tuple[float, float]] = []
+    for i in range(len(trials)):
+        others = sorted(
+            (j for j in range(len(trials)) if j != i),
+            key=lambda j: (_distance(encoded[i], encoded[j]), j),
+        )[: max(1, min(k, len(trials) - 1))]
+        values = [trials[j][2] for j in others]
+        predicted = statistics.median(values)
+        mad = statistics.median(abs(v - predicted) for v in values)
+        preds.append((predicted, 1.4826 * mad))
+    # the study's own noise: the MAD of all leave-one-out residuals (a few outliers cannot move it)
+    residuals = [t[2] - p for t, (p, _) in zip(trials, preds, strict=True)]
+    centre = statistics.median(residuals)
+    study_scale = 1.4826 * statistics.median(abs(r - centre) for r in residuals)
+    out: dict[Any, Outlier] = {}
+    for (key, _, miou), (predicted, local) in zip(trials, preds, strict=True):
+        scale = max(local, study_scale, min_scale)
+        drop = predicted - miou
+        if drop > z * scale and drop > min_drop:
+            out[key] = Outlier(key, miou, predicted, scale)
+    return out
 
 
 Detector = Callable[[Sequence[TrialOutcome]], set[Any]]

@@ -23,16 +23,21 @@ trials, not just a rare one:
   switch, two such values, the lr at or beyond its own) holds a trial that learns. A DeconvNet
   without decoder BN is stuck, but so is every trial with ``decoder_bn=False``; a frozen decoder
   is stuck among trials like it that learn (the seed-30 bug demo: 5 such trials at 0.0854-0.0861
-  while 7 correct ones reached 0.13-0.17);
+  while 7 correct ones reached 0.13-0.17). When the only trials that share its values are
+  broken in another way (far below the level: seed 13's encoder-only trials shared a frozen
+  decoder's encoder_bn value), its val loss decides: a model that learned anything from its
+  images ends below the val loss of predicting the class frequencies everywhere
+  (``val/prior_loss``), even while it still predicts the majority class; a decoder that never
+  trained ends above it;
 - training loss: a model whose decoder never moves cannot fit its own training set, whatever the
   lr. A trial whose last training loss sits far above its neighbours' is flagged on a smaller
   mIoU drop than one with the mIoU alone;
 - a trial whose training loss rose back up (gave back half of what it had gained) diverged: its
   lr is too high, a hyperparameter's fault that the curve explains, so it is never flagged.
 
-``low_miou_outliers`` (v1, kept for the side-by-side benchmark ``harness bench --only
-outliers``): leave-one-out, the median of the k=5 nearest neighbours, scale the larger of their
-MAD and the study-wide MAD of all residuals; flagged beyond 3.5 scales and 0.05 mIoU.
+The previous detector, ``low_miou_outliers`` (v1: leave-one-out, the median of the k=5 nearest
+neighbours), lives on in ``harness.bench.outliers`` as the yardstick of ``harness bench --only
+outliers``.
 
 Distances (both): each numeric parameter scaled to [0, 1] over the study, log-scaled first when
 it is in ``LOG_PARAMS`` or spans more than a factor 20 with positive values; booleans 0/1; other
@@ -42,7 +47,6 @@ categoricals 0 when equal, 1 when not.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +70,7 @@ class Outlier:
         return "; ".join((text, *self.notes))
 
 
-def _encode(
+def encode_params(
     trials: Sequence[tuple[Any, Mapping[str, Any], float]],
 ) -> list[list[tuple[str, float | str]]]:
     names = sorted({n for _, params, _ in trials for n in params})
@@ -98,56 +102,6 @@ def _encode(
     return encoded
 
 
-def _distance(a: list[tuple[str, float | str]], b: list[tuple[str, float | str]]) -> float:
-    total = 0.0
-    for (kind, x), (_, y) in zip(a, b, strict=True):
-        if kind == "num":
-            total += (float(x) - float(y)) ** 2
-        else:
-            total += 0.0 if x == y else 1.0
-    return math.sqrt(total)
-
-
-def low_miou_outliers(
-    trials: Sequence[tuple[Any, Mapping[str, Any], float]],
-    *,
-    k: int = 5,
-    z: float = 3.5,
-    min_drop: float = 0.05,
-    min_scale: float = 0.01,
-    min_trials: int = 5,
-) -> dict[Any, Outlier]:
-    """``trials``: (key, params, val mIoU) of finished trials. Returns the flagged ones by key.
-
-    Fewer than ``min_trials`` trials: nothing is judged (too few to say what is normal).
-    """
-    trials = [t for t in trials if t[2] is not None and math.isfinite(t[2])]
-    if len(trials) < min_trials:
-        return {}
-    encoded = _encode(trials)
-    preds: list[tuple[float, float]] = []
-    for i in range(len(trials)):
-        others = sorted(
-            (j for j in range(len(trials)) if j != i),
-            key=lambda j: (_distance(encoded[i], encoded[j]), j),
-        )[: max(1, min(k, len(trials) - 1))]
-        values = [trials[j][2] for j in others]
-        predicted = statistics.median(values)
-        mad = statistics.median(abs(v - predicted) for v in values)
-        preds.append((predicted, 1.4826 * mad))
-    # the study's own noise: the MAD of all leave-one-out residuals (a few outliers cannot move it)
-    residuals = [t[2] - p for t, (p, _) in zip(trials, preds, strict=True)]
-    centre = statistics.median(residuals)
-    study_scale = 1.4826 * statistics.median(abs(r - centre) for r in residuals)
-    out: dict[Any, Outlier] = {}
-    for (key, _, miou), (predicted, local) in zip(trials, preds, strict=True):
-        scale = max(local, study_scale, min_scale)
-        drop = predicted - miou
-        if drop > z * scale and drop > min_drop:
-            out[key] = Outlier(key, miou, predicted, scale)
-    return out
-
-
 # --- v2 -------------------------------------------------------------------------------------
 
 
@@ -161,6 +115,14 @@ class TrialOutcome:
     value: float  # the objective: the trial's best val mIoU
     majority_miou: float | None = None  # val/majority_mIoU: predicting the majority class
     train_loss: tuple[float, ...] = ()  # train/loss of each epoch, in order
+    val_loss: tuple[float, ...] = ()  # val/loss of each epoch, in order
+    prior_loss: float | None = None  # val/prior_loss: predicting the class frequencies
+
+
+def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[float, ...]:
+    return tuple(
+        float(r[key]) for r in rows if isinstance(r.get(key), int | float) and math.isfinite(r[key])
+    )
 
 
 def outcome_of(
@@ -168,29 +130,39 @@ def outcome_of(
     params: Mapping[str, Any],
     value: float,
     rows: Sequence[Mapping[str, Any]] = (),
+    *,
     majority_miou: float | None = None,
+    prior_loss: float | None = None,
+    train_loss: Sequence[float] | None = None,
+    val_loss: Sequence[float] | None = None,
 ) -> TrialOutcome:
     """Adapter for the sweep: a ``TrialOutcome`` from a trial's metrics rows (``metrics.jsonl``,
-    ``fit``'s history or what a callback saw; each row may hold ``train/loss`` and
-    ``val/majority_mIoU``) and/or a majority level recorded elsewhere (a user attribute)."""
-    losses = tuple(
-        float(r["train/loss"])
-        for r in rows
-        if isinstance(r.get("train/loss"), int | float) and math.isfinite(r["train/loss"])
+    ``fit``'s history or what a callback saw; each row may hold ``train/loss``, ``val/loss``,
+    ``val/majority_mIoU`` and ``val/prior_loss``), or from the same recorded elsewhere (the
+    trial's user attributes), which take precedence."""
+    levels = _series(rows, "val/majority_mIoU")
+    priors = _series(rows, "val/prior_loss")
+    if majority_miou is None and levels:
+        majority_miou = levels[-1]
+    if prior_loss is None and priors:
+        prior_loss = priors[-1]
+    return TrialOutcome(
+        number,
+        dict(params),
+        float(value),
+        majority_miou,
+        _series(rows, "train/loss") if train_loss is None else tuple(map(float, train_loss)),
+        _series(rows, "val/loss") if val_loss is None else tuple(map(float, val_loss)),
+        prior_loss,
     )
-    if majority_miou is None:
-        levels = [r.get("val/majority_mIoU") for r in rows]
-        known = [float(m) for m in levels if isinstance(m, int | float) and math.isfinite(m)]
-        majority_miou = known[-1] if known else None
-    return TrialOutcome(number, dict(params), float(value), majority_miou, losses)
 
 
 def _columns(trials: Sequence[TrialOutcome]) -> list[tuple[str, list[Any], np.ndarray]]:
-    """Per parameter: its name, raw values and encoded columns (n x c, as in v1's ``_encode``;
+    """Per parameter: its name, raw values and encoded columns (n x c, as in ``encode_params``;
     a categorical that is not yes/no becomes one column per choice, scaled so that two different
     choices are at distance 1)."""
     names = sorted({name for t in trials for name in t.params})
-    per_trial = _encode([(t.number, t.params, t.value) for t in trials])
+    per_trial = encode_params([(t.number, t.params, t.value) for t in trials])
     out = []
     for j, name in enumerate(names):
         coded = [row[j][1] for row in per_trial]
@@ -272,15 +244,19 @@ def _regions(trials: Sequence[TrialOutcome]) -> tuple[list[np.ndarray], list[np.
     return same, fitted
 
 
-def _explained(trials: Sequence[TrialOutcome], idle: np.ndarray, least: int) -> np.ndarray:
+def _explained(
+    trials: Sequence[TrialOutcome], idle: np.ndarray, least: int, among: np.ndarray | None = None
+) -> np.ndarray:
     """Per trial: a parameter can explain why it did not learn (``idle``): some simple region
     around it (``_regions``) holds at least ``least`` trials and none of them learns. A value
     first (``decoder_bn=False``: every trial with it stuck); then a pair of values or a range,
     among the trials no value explains: a range that ends at the trial, or a pair that splits
     the study four ways, is small, and in a study where half the trials are stuck for one
     reason it would often hold nothing but stuck trials by chance. A trial whose every region
-    holds a trial that learns is not explained by its parameters: a bug is."""
+    holds a trial that learns is not explained by its parameters: a bug is. ``among``: only
+    these trials make up the regions (default: all)."""
     same, fitted = _regions(trials)
+    among = np.ones(len(trials), dtype=bool) if among is None else among
 
     def found(regions: list[np.ndarray], among: np.ndarray) -> np.ndarray:
         out = np.zeros(len(trials), dtype=bool)
@@ -289,8 +265,8 @@ def _explained(trials: Sequence[TrialOutcome], idle: np.ndarray, least: int) -> 
             out |= (region.sum(axis=1) >= least) & ~(region & ~idle[None, :]).any(axis=1)
         return out
 
-    by_value = found(same, np.ones(len(trials), dtype=bool))
-    return by_value | found(fitted, ~by_value)
+    by_value = found(same, among)
+    return by_value | found(fitted, among & ~by_value)
 
 
 def _trimmed_centre_scale(
@@ -310,6 +286,21 @@ def _trimmed_centre_scale(
         scale = 1.4826 * float(np.median(np.abs(kept - centre)))
         keep = np.isfinite(residuals) & (residuals >= centre - z * max(scale, 1e-12))
     return centre, scale
+
+
+def _blank(trials: Sequence[TrialOutcome], margin: float) -> np.ndarray:
+    """Per trial: its last val loss is known and more than ``margin`` (relative) above its
+    ``prior_loss``, the val loss of predicting the class frequencies everywhere: it did worse
+    than a model that ignores its images. One that learned anything ends below that, even while
+    it still predicts the majority class: DeconvNets without decoder BN on the built-in data
+    (8 epochs, lr 1e-3..6e-3) ended at 0.70-0.90 against 0.93, while the seed-30 bug demo's
+    frozen and zero-lr decoders ended at 1.01-1.15 (its shuffled masks at 0.915, at the
+    level)."""
+    out = np.zeros(len(trials), dtype=bool)
+    for i, t in enumerate(trials):
+        if t.val_loss and t.prior_loss is not None and math.isfinite(t.prior_loss):
+            out[i] = t.val_loss[-1] > (1 + margin) * t.prior_loss
+    return out
 
 
 def _diverged(loss: Sequence[float]) -> bool:
@@ -389,6 +380,7 @@ def find_outliers(
     min_scale: float = 0.01,
     min_trials: int = 5,
     min_region: int = 2,
+    prior_margin: float = 0.02,
 ) -> dict[Any, Outlier]:
     """The flagged trials by number (``outlier:low-miou``), each with its evidence. A trial is
     flagged, unless its training loss shows it diverged, when
@@ -405,7 +397,9 @@ def find_outliers(
     - unexplained no-learning: it ended at the majority-class level (``_stuck``) while as many
       trials beat it, ``min_drop`` below the level its neighbours predict, and no parameter
       explains it: every simple region of the parameters around it (``_explained``;
-      ``min_region`` trials at least) holds a trial that learns.
+      ``min_region`` trials at least) holds a trial that learns; or the only regions that
+      explain it hold, besides it, trials below the level, and its last val loss ended more
+      than ``prior_margin`` above the loss of predicting the class frequencies (``_blank``).
 
     Trials stuck at the no-learning level are judged by the last two rules only.
 
@@ -444,7 +438,19 @@ def find_outliers(
     # at the no-learning level, unexplained, and as far below what learning neighbours reach as
     # the neighbour rule asks: a slow healthy trial that ends just above the level next to
     # trials that learned little (test-size studies) is not a bug
-    idle = stuck & many & (drop > min_drop) & ~_explained(done, ~learner, min_region)
+    explained = _explained(done, ~learner, min_region)
+    # ... or explained only by trials broken in another way (seed 13 of the bug demo: a frozen
+    # decoder whose encoder_bn value only encoder-only trials far below the level shared) while
+    # its val loss says it learned nothing from its images (``_blank``). Its neighbours are
+    # those broken trials, so the drop is measured from the learners' median instead
+    by_peers = _explained(done, ~learner, min_region, among=~anchored)
+    blank = _blank(done, prior_margin)
+    learned = float(np.median(values[learner])) if learners else -math.inf
+    idle = (
+        stuck
+        & many
+        & ((~explained & (drop > min_drop)) | (~by_peers & blank & (learned - values > min_drop)))
+    )
 
     # the mIoU alone must also be far below the spread of the trial's own unsuspected neighbours
     # (v1's local scale): a study-wide MAD from a dozen trials can come out low by chance
@@ -469,8 +475,10 @@ def find_outliers(
                 f"{where} the majority-class level {majority[i]:.3f} that {learners} of {n} "
                 "trials beat"
             )
-        if idle[i]:
+        if idle[i] and not explained[i]:
             notes.append("no parameter explains it (trials that share its values learn)")
+        elif idle[i]:
+            notes.append("only trials below the level share its values")
         if loss.bad[i]:
             notes.append(
                 f"its training loss ended at {loss.last[i]:.2f} while neighbours reached "
@@ -480,5 +488,10 @@ def find_outliers(
             first = done[i].train_loss[0]
             notes.append(f"its training loss stayed at {loss.last[i]:.2f} (from {first:.2f})")
         t = done[i]
+        if (idle[i] or anchored[i]) and blank[i]:
+            notes.append(
+                f"its val loss ended at {t.val_loss[-1]:.2f}, above the {t.prior_loss:.2f} of "
+                "predicting the class frequencies everywhere: it learned nothing from its images"
+            )
         out[t.number] = Outlier(t.number, t.value, float(expected[i]), scale, tuple(notes))
     return out

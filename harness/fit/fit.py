@@ -33,7 +33,7 @@ from harness import __version__
 from harness.callbacks import Callback, StopTrial
 from harness.checks.audit import AuditReport, audit_param_groups
 from harness.checks.flags import NAN_LOSS, audit_flag
-from harness.checks.learning import majority_miou
+from harness.checks.learning import majority_miou, prior_loss
 from harness.checks.pairing import check_mask_pairing
 from harness.checks.updates import UpdateMonitor
 from harness.config import TrialConfig
@@ -93,6 +93,7 @@ class FitState:
     best_epoch: int | None = None
     best_iou: list[float] = field(default_factory=list)
     majority: float = math.nan  # val mIoU of predicting the majority class everywhere
+    prior: float = math.nan  # val loss of predicting the class frequencies everywhere
     status: str = "finished"
     reason: str | None = None
     global_step: int = 0
@@ -386,6 +387,7 @@ def _evaluate_epoch(
     )
     if math.isnan(state.majority):
         state.majority = majority_miou(ev["class_pixels"])
+        state.prior = prior_loss(ev["class_pixels"])
     row = {
         "epoch": epoch,
         "train/loss": tr["loss"],
@@ -393,6 +395,8 @@ def _evaluate_epoch(
         "val/mIoU": ev["mIoU"],
         # what predicting the majority class everywhere scores: the no-learning level
         "val/majority_mIoU": state.majority,
+        # the val loss of a model that learned nothing from its images (the class frequencies)
+        "val/prior_loss": state.prior,
         "val/pixel_acc": ev["pixel_acc"],
         "val/per_image_mIoU": ev["per_image_mIoU"],
         **{f"val/iou/{n}": v for n, v in zip(state.class_names, ev["iou"], strict=True)},

@@ -26,6 +26,8 @@ class TrialAttrs:
     wandb: str = ""  # the W&B run's URL, or its id and mode
     majority_miou: float | None = None  # val mIoU of predicting the majority class (the floor)
     train_loss: tuple[float, ...] = ()  # train/loss per epoch, for the study-level detector
+    val_loss: tuple[float, ...] = ()  # val/loss per epoch, for the same
+    prior_loss: float | None = None  # val loss of predicting the class frequencies (no learning)
     # where it trained, as the machine numbers it: cpu, or cuda:2 (the worker's GPU through its
     # CUDA_VISIBLE_DEVICES); "" until the trial has run
     device: str = ""
@@ -38,7 +40,7 @@ def attrs_of(trial: Any) -> TrialAttrs:
     """The trial's attributes as a record (missing keys take their defaults)."""
     ua = trial.user_attrs
     raw = {k: v for k, v in ua.items() if k in FIELDS and v is not None}
-    for key in ("flags", "train_loss"):
+    for key in ("flags", "train_loss", "val_loss"):
         if key in raw:
             raw[key] = tuple(raw[key])
     return TrialAttrs(**raw)

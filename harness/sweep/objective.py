@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -88,9 +88,14 @@ def outcome(t: Any) -> TrialOutcome:
     """A finished Optuna trial as the study-level detector sees it: its judged parameters and
     value, and, when the trial recorded them, its majority-class level and training-loss curve."""
     ua = attrs_of(t)
-    rows = [{"train/loss": x} for x in ua.train_loss]
     return outcome_of(
-        t.number, judged_params(t.params), float(t.value), rows, majority_miou=ua.majority_miou
+        t.number,
+        judged_params(t.params),
+        float(t.value),
+        majority_miou=ua.majority_miou,
+        train_loss=ua.train_loss,
+        val_loss=ua.val_loss,
+        prior_loss=ua.prior_loss,
     )
 
 
@@ -105,13 +110,13 @@ class StudyOutlierCheck(Callback):
         self.trial = trial
         self.best = -math.inf
         self.status = ""
-        self.rows: list[dict[str, Any]] = []  # train/loss and val/majority_mIoU per epoch
+        self.rows: list[dict[str, Any]] = []  # what the detector reads of each epoch
 
     def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
         value = row.get("val/mIoU")
         if value is not None and not math.isnan(value):
             self.best = max(self.best, float(value))
-        keep = ("train/loss", "val/majority_mIoU")
+        keep = ("train/loss", "val/loss", "val/majority_mIoU", "val/prior_loss")
         self.rows.append({k: row[k] for k in keep if k in row})
 
     def on_fit_end(self, status: str) -> None:
@@ -203,7 +208,9 @@ class Objective:
             epochs_run=result.epochs_run,
             best_epoch=result.best_epoch,
             best_miou=_finite(result.best_miou),
-            train_loss=[float(r["train/loss"]) for r in result.history if "train/loss" in r],
+            train_loss=_column(result.history, "train/loss"),
+            val_loss=_column(result.history, "val/loss"),
+            prior_loss=_finite(_last(result.history, "val/prior_loss")),
             wandb=_wandb_path(result.summary.get("tracking") or {}),
             device=str((result.summary.get("runtime") or {}).get("device", "")),
         )
@@ -233,6 +240,15 @@ class Objective:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _column(history: Sequence[Mapping[str, Any]], key: str) -> list[float]:
+    return [float(r[key]) for r in history if isinstance(r.get(key), int | float)]
+
+
+def _last(history: Sequence[Mapping[str, Any]], key: str) -> float:
+    values = _column(history, key)
+    return values[-1] if values else math.nan
 
 
 def fmt_value(value: Any) -> str:

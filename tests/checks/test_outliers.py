@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from harness.bench import outliers as bench
+from harness.bench.outliers import low_miou_outliers
 from harness.checks.flags import OUTLIER_LOW
 from harness.checks.outliers import (
     TrialOutcome,
@@ -12,7 +13,6 @@ from harness.checks.outliers import (
     _trimmed_centre_scale,
     _weighted_distances,
     find_outliers,
-    low_miou_outliers,
     outcome_of,
 )
 from harness.checks.traits import _chance, shared_traits
@@ -236,6 +236,24 @@ def test_moderate_bugs_at_half_the_study_and_in_one_region_raise_no_false_flags(
 
 
 @pytest.mark.slow
+def test_the_bug_demo_draw_every_bug_kind_is_found_and_no_correct_trial():
+    # sweeps/bug-demo.yaml's space and odds (4 in 9 trials carry one of the four bugs), where a
+    # frozen decoder may share its values only with encoder-only trials (seed 13)
+    for n, studies in ((12, 120), (24, 40)):
+        cell = _measured("bug-demo draw (4 bugs, 4/9)", n, studies)
+        assert cell.recall >= 0.85 and cell.false_flags <= 0.01, n
+
+
+@pytest.mark.parametrize("name", ["severe 25%, current space", "moderate 25%, current space"])
+@pytest.mark.slow
+def test_the_default_study_s_current_space_meets_the_same_targets(name):
+    target = 0.9 if name.startswith("severe") else 0.7
+    cell = _measured(name, 24, 40)
+    assert cell.recall >= target and cell.false_flags <= 0.01
+    assert _measured("no bug, current space", 24, 30).false_flags <= 0.01
+
+
+@pytest.mark.slow
 def test_v2_beats_v1_where_v1_falls_apart():
     (scenario,) = [s for s in bench.SCENARIOS if s.name == "severe 25%"]
     cells = bench.measure(scenario, 24, 20, 3, {"v1": bench.v1, "v2": bench.v2})
@@ -326,6 +344,12 @@ def test_outcome_of_reads_the_metrics_rows():
     t = outcome_of(3, {"lr": 1e-3}, 0.12, rows)
     assert (t.majority_miou, t.train_loss) == (0.0854, (1.7, 1.2))
     assert outcome_of(3, {}, 0.1).train_loss == () and outcome_of(3, {}, 0.1).majority_miou is None
+    rows = [{"val/loss": 1.1, "val/prior_loss": 0.93}, {"val/loss": 0.8, "val/prior_loss": 0.93}]
+    t = outcome_of(3, {}, 0.1, rows)
+    assert (t.val_loss, t.prior_loss, t.majority_miou) == ((1.1, 0.8), 0.93, None)
+    # what the sweep recorded on the trial (its user attributes) takes precedence over rows
+    t = outcome_of(3, {}, 0.1, rows, prior_loss=0.9, val_loss=[0.7], train_loss=(1.0,))
+    assert (t.val_loss, t.prior_loss, t.train_loss) == ((0.7,), 0.9, (1.0,))
 
 
 # --- a trial at the majority-class level, and the anchor with one learner ----------------------
@@ -494,6 +518,66 @@ def test_seed30_two_flagged_trials_sharing_a_low_lr_is_chance_not_a_trait():
     # have lr <= 2.4e-3 (2 of 12 unflagged do)": 1 random pair in 15 does that
     assert shared_traits({4, 10}, _seed30()) == []
     assert _chance(2, 14, 4) == pytest.approx(6 / 91)
+
+
+# the last val/loss of each SEED30 trial, and the val loss of predicting the class frequencies
+SEED30_VAL = (0.747, 0.690, 0.707, 1.086, 2.132, 0.628, 0.915, 1.007, 0.685, 1.152, 2.132, 0.729)
+SEED30_VAL += (1.038, 0.698)
+PRIOR = 0.929615
+
+
+def _seed13_like(frozen_val_loss):
+    """Seed 13's blind bug demo as it drew its trials (5 encoder-only trials, 3 of them with
+    encoder_bn=True like the frozen decoder; every correct trial with encoder_bn=False), built
+    from the seed-30 trials' recorded curves: SEED30 rows (correct 0, 1, 2, 11, 13, 8; zero-lr
+    3; shuffled 6; frozen 9; encoder-only 4, 10) with encoder_bn as seed 13 drew it."""
+    rows = [(0, False), (1, False), (2, False), (11, False), (13, False), (8, False)]
+    rows += [(3, False), (6, False), (9, True)]
+    rows += [(4, True), (10, True), (4, True), (10, False), (4, False)]
+    trials = []
+    for n, (i, bn) in enumerate(rows):
+        lr, _, bug, value, loss = SEED30[i]
+        val = frozen_val_loss if bug == "frozen" else SEED30_VAL[i]
+        params = {"lr": lr * (1 + 0.01 * n), "encoder_bn": bn}
+        trials.append(TrialOutcome(n, params, value, 0.0853843, loss, (val,), PRIOR))
+    return trials
+
+
+def test_seed13_a_frozen_decoder_that_only_encoder_only_trials_resemble_is_flagged():
+    # before: "encoder_bn=True does not learn" explained the frozen decoder (trial 8) as well as
+    # a bug does, since the only other trials with it were encoder-only ones far below the level
+    found = find_outliers(_seed13_like(SEED30_VAL[9]))
+    assert set(found) == set(range(6, 14))  # every bug, no correct trial
+    assert "its val loss ended at 1.15, above the 0.93 of predicting" in found[8].evidence
+    assert "only trials below the level share its values" in found[8].evidence
+    assert "no parameter explains it" in found[7].evidence  # shuffled: encoder_bn=False learns
+    # without the val loss, or with one that says the model learned from its images (DeconvNets
+    # without decoder BN ended at 0.70-0.90), the encoder_bn=True region explains it as before
+    assert 8 not in find_outliers(_seed13_like(0.77))
+    assert 8 not in find_outliers(_seed13_like(0.895))
+    no_val = [
+        TrialOutcome(t.number, t.params, t.value, t.majority_miou, t.train_loss)
+        for t in _seed13_like(SEED30_VAL[9])
+    ]
+    assert 8 not in find_outliers(no_val)
+
+
+def test_a_stuck_trial_explained_by_trials_like_it_is_not_judged_by_its_val_loss():
+    # two frozen-looking trials with encoder_bn=True and no learner among them: the region holds
+    # a trial stuck at the level besides the first, so it explains both, whatever their loss
+    trials = _seed13_like(SEED30_VAL[9])
+    twin = trials[8]
+    trials[10] = TrialOutcome(
+        10,
+        {**twin.params, "lr": twin.params["lr"] * 1.1},
+        twin.value,
+        twin.majority_miou,
+        twin.train_loss,
+        twin.val_loss,
+        PRIOR,
+    )
+    found = find_outliers(trials)
+    assert 8 not in found and 10 not in found
 
 
 # the test-size blind bug demo (tests/sweep/test_bugdemo.py, seed 51: 64 px, 6 epochs), as it ran

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.checks.learning import check_learning, majority_miou
+from harness.checks.learning import check_learning, majority_miou, prior_loss
 from harness.checks.updates import UpdateMonitor
 from harness.config import INJECTABLE_BUGS, with_overrides
 from harness.fit import StopTrial, fit
@@ -57,6 +57,24 @@ def test_frozen_on_purpose_is_not_flagged_and_stop_option_raises():
     with pytest.raises(StopTrial) as info:
         _steps(model2, opt2, stopper, 2)
     assert info.value.status == "failed" and "encoder: relative update 0" in info.value.reason
+
+
+def test_prior_loss_is_the_cross_entropy_of_the_best_constant_prediction():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.multinomial(torch.tensor([0.7, 0.2, 0.0, 0.1]), 4 * 32 * 32, True, generator=g)
+    mask = mask.reshape(4, 32, 32)
+    pixels = torch.bincount(mask.flatten(), minlength=4).tolist()
+    assert pixels[2] == 0  # an absent class counts for nothing
+    shares = torch.tensor(pixels, dtype=torch.float64) / mask.numel()
+
+    def loss_of(probs: torch.Tensor) -> float:  # a constant prediction, as torch scores it
+        logits = probs.clamp_min(1e-12).log()[None, :, None, None].expand(4, 4, 32, 32)
+        return float(torch.nn.functional.cross_entropy(logits, mask))
+
+    assert prior_loss(pixels) == pytest.approx(loss_of(shares), rel=1e-9)
+    for other in ([0.6, 0.25, 0.0, 0.15], [0.75, 0.2, 0.0, 0.05], [0.25] * 4):
+        assert loss_of(torch.tensor(other, dtype=torch.float64)) > prior_loss(pixels)
+    assert prior_loss([5, 0]) == 0.0 and math.isnan(prior_loss([0, 0]))
 
 
 def test_learning_check_flat_loss_and_majority_level():

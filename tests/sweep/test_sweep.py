@@ -184,6 +184,9 @@ def test_sweep_resume_best_yaml_and_reproduce(tiny_data, tmp_path, capsys):
         lines = (Path(t.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()
         record = [json.loads(line) for line in lines]
         assert t.user_attrs["majority_miou"] == record[0]["val/majority_mIoU"] > 0
+        # and the study-level detector its val loss against the no-learning loss
+        assert t.user_attrs["val_loss"] == [r["val/loss"] for r in record]
+        assert t.user_attrs["prior_loss"] == record[-1]["val/prior_loss"] > 0
 
     # resume: --n-trials is the total, earlier trials are kept
     assert main(["sweep", str(path), "--n-trials", "4", "--quiet"]) == 0
