@@ -39,9 +39,9 @@ The previous detector, ``low_miou_outliers`` (v1: leave-one-out, the median of t
 neighbours), lives on in ``harness.bench.outliers`` as the yardstick of ``harness bench --only
 outliers``.
 
-Distances (both): each numeric parameter scaled to [0, 1] over the study, log-scaled first when
-it is in ``LOG_PARAMS`` or spans more than a factor 20 with positive values; booleans 0/1; other
-categoricals 0 when equal, 1 when not.
+Distances (v2, and v1 through ``encode_params``): each numeric parameter scaled to [0, 1] over
+the study, log-scaled first when it is in ``LOG_PARAMS`` or spans more than a factor 20 with
+positive values; booleans 0/1; other categoricals 0 when equal, 1 when not.
 """
 
 from __future__ import annotations
