@@ -64,14 +64,6 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture
-def recorded_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(RECORDED_THREADS)
-    yield
-    torch.set_num_threads(before)
-
-
 def _pinned_run(tmp_path: Path) -> Path:
     rc = main(
         [
@@ -93,7 +85,7 @@ def _pinned_run(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_seed0_trial_reproduces_the_recorded_metrics(tmp_path, recorded_threads):
+def test_seed0_trial_reproduces_the_recorded_metrics(tmp_path, two_threads):
     assert torch.get_num_threads() == RECORDED_THREADS
     run = _pinned_run(tmp_path)
     assert {p.name for p in run.iterdir()} == RUN_FILES

@@ -29,6 +29,14 @@ TRIAL_LAYERS = ("audit:", "never-updated:", "no-learning", "masks-misaligned")
 STORY = "encoder-only-optimizer"
 
 
+@pytest.fixture(autouse=True)
+def _threads(two_threads):
+    # with 1 thread a correct trial of the checked study ends at 0.083, inside the learning
+    # check's margin over the majority level, and gets no-learning: the verdicts below were
+    # recorded with the 2 threads of the CI box
+    yield
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """Writes sweeps/bug-demo.yaml scaled down (128 training images of 64 px, lr only)."""
