@@ -478,7 +478,10 @@ def find_outliers(
         if idle[i] and not explained[i]:
             notes.append("no parameter explains it (trials that share its values learn)")
         elif idle[i]:
-            notes.append("only trials below the level share its values")
+            notes.append(
+                "only trials below the level share its values, so its neighbours say nothing "
+                f"of it; the learning trials' median is {learned:.2f}"
+            )
         if loss.bad[i]:
             notes.append(
                 f"its training loss ended at {loss.last[i]:.2f} while neighbours reached "
