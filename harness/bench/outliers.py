@@ -196,6 +196,31 @@ def _bug_value(bug: BugLevel, majority: float, rng: np.random.Generator) -> floa
     return max(0.005, float(rng.normal(*bug.miou)))
 
 
+def _bug_curve(
+    bug: BugLevel, c: Calibration, rng: np.random.Generator
+) -> tuple[list[float], tuple[float, float]]:
+    """A bugged trial's training-loss curve and its val-minus-train loss gap."""
+    start = float(rng.normal(*bug.loss_first))
+    return _curve(start, start * rng.uniform(*bug.loss_kept), c.epochs, rng), bug.val_gap
+
+
+def _level(c: Calibration, p: dict[str, Any]) -> float:
+    """A learning trial's expected mIoU on the healthy surface; a parameter the space does not
+    search takes the bug demo's fixed value (f_lr 3e-3, FCN BN on)."""
+    return (
+        c.peak
+        - c.lr_curvature * math.log10(p["lr"] / c.lr_best) ** 2
+        - c.f_lr_curvature * math.log10(p.get("f_lr", 3e-3) / c.f_lr_best) ** 2
+        - c.encoder_bn_gain * (not p["encoder_bn"])
+        - c.fcn_bn_gain * (not p.get("fcn_bn", True))
+    )
+
+
+def _last_loss(c: Calibration, level: float, rng: np.random.Generator) -> float:
+    """A learning trial's last training loss: higher the further it sits below the peak."""
+    return c.loss_at_peak + c.loss_per_miou * (c.peak - level) + float(rng.normal(0, c.loss_noise))
+
+
 def simulate_study(
     n: int, scenario: Scenario, rng: np.random.Generator
 ) -> tuple[list[TrialOutcome], set[int], set[int]]:
@@ -225,16 +250,10 @@ def simulate_study(
             curve = _curve(first, rng.uniform(*c.stuck_loss_last), c.epochs, rng)
             gap = c.stuck_val_gap
         else:
-            level = (
-                c.peak
-                - c.lr_curvature * math.log10(lr / c.lr_best) ** 2
-                - c.f_lr_curvature * math.log10(f_lr / c.f_lr_best) ** 2
-                - c.encoder_bn_gain * (not p["encoder_bn"])
-                - c.fcn_bn_gain * (not p["fcn_bn"])
-            )
+            level = _level(c, p)
             value = level + float(rng.normal(0, noise))
-            last = c.loss_at_peak + c.loss_per_miou * (c.peak - level)
-            curve = _curve(first, last + float(rng.normal(0, c.loss_noise)), c.epochs, rng)
+            last = _last_loss(c, level, rng)
+            curve = _curve(first, last, c.epochs, rng)
             top = math.log(c.lr_range[1] / c.diverge_from_lr)
             odds = c.diverge_at_top * math.log(lr / c.diverge_from_lr) / top if top > 0 else 0
             if lr > c.diverge_from_lr and rng.random() < odds:  # diverged: back up the loss
@@ -249,9 +268,8 @@ def simulate_study(
             buggy = _bug_value(bug, c.majority, rng)
             if value - buggy >= VISIBLE_DROP:
                 visible.add(i)
-                start = float(rng.normal(*bug.loss_first))
-                curve = _curve(start, start * rng.uniform(*bug.loss_kept), c.epochs, rng)
-                value, gap = buggy, bug.val_gap
+                value = buggy
+                curve, gap = _bug_curve(bug, c, rng)
         else:
             healthy.add(i)
         val = (curve[-1] + float(rng.normal(*gap)),)
@@ -268,24 +286,16 @@ def _bug_demo_study(
     for i in range(n):
         lr = float(math.exp(rng.uniform(*np.log(BUG_DEMO_LR))))
         p = {"lr": lr, "encoder_bn": bool(rng.random() < 0.5)}
-        level = (
-            c.peak
-            - c.lr_curvature * math.log10(lr / c.lr_best) ** 2
-            - c.f_lr_curvature * math.log10(3e-3 / c.f_lr_best) ** 2
-            - c.encoder_bn_gain * (not p["encoder_bn"])
-        )
+        level = _level(c, p)
         value = level + float(rng.normal(0, noise))
         first = float(rng.normal(*c.loss_first))
-        last = c.loss_at_peak + c.loss_per_miou * (c.peak - level)
-        curve = _curve(first, last + float(rng.normal(0, c.loss_noise)), c.epochs, rng)
+        curve = _curve(first, _last_loss(c, level, rng), c.epochs, rng)
         gap = c.val_gap
         pick = int(rng.integers(9))  # 0-4 correct, 5 encoder-only, 6-8 the moderate three
         if pick >= 5:
             bug = c.severe if pick == 5 else c.moderate
             value = _bug_value(bug, c.majority, rng)
-            start = float(rng.normal(*bug.loss_first))
-            curve = _curve(start, start * rng.uniform(*bug.loss_kept), c.epochs, rng)
-            gap = bug.val_gap
+            curve, gap = _bug_curve(bug, c, rng)
             visible.add(i)
         else:
             healthy.add(i)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -199,6 +199,9 @@ class Objective:
         except Exception as exc:
             set_attrs(trial, status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
             raise
+        # what the study-level detector reads of the trial, read from its history once, as the
+        # detector reads any metrics rows
+        seen = outcome_of(trial.number, {}, math.nan, result.history)
         set_attrs(
             trial,
             status=result.status,
@@ -208,9 +211,9 @@ class Objective:
             epochs_run=result.epochs_run,
             best_epoch=result.best_epoch,
             best_miou=_finite(result.best_miou),
-            train_loss=_column(result.history, "train/loss"),
-            val_loss=_column(result.history, "val/loss"),
-            prior_loss=_finite(_last(result.history, "val/prior_loss")),
+            train_loss=seen.train_loss,
+            val_loss=seen.val_loss,
+            prior_loss=seen.prior_loss,
             wandb=_wandb_path(result.summary.get("tracking") or {}),
             device=str((result.summary.get("runtime") or {}).get("device", "")),
         )
@@ -240,15 +243,6 @@ class Objective:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def _column(history: Sequence[Mapping[str, Any]], key: str) -> list[float]:
-    return [float(r[key]) for r in history if isinstance(r.get(key), int | float)]
-
-
-def _last(history: Sequence[Mapping[str, Any]], key: str) -> float:
-    values = _column(history, key)
-    return values[-1] if values else math.nan
 
 
 def fmt_value(value: Any) -> str:
