@@ -5,10 +5,16 @@ from __future__ import annotations
 import os
 import re
 
+# The password of ``scheme://user:password@host``, read as SQLAlchemy reads it: the user name runs
+# to the first ":" (no "/" or "@" in it), the password to the first "@" and may hold "/" and ":"
+# (generated passwords, e.g. base64, often do). It may also come as a ``password=`` query value.
+_USERINFO_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^@]*@")
+_QUERY_PASSWORD = re.compile(r"([?&;]password=)[^&;\s'\"]*", re.IGNORECASE)
+
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for anything printed or logged)."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+    """The URL (or a text holding URLs) with every password replaced by ``***``."""
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", url))
 
 
 def redact(text: str, limit: int = 300) -> str:

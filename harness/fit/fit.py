@@ -60,6 +60,7 @@ from harness.fit.verdicts import collect_flags
 from harness.models import build_model, check_output
 from harness.optim import build_scheduler, check_f_lr_modules, frozen_modules, group_lrs
 from harness.progress import bar
+from harness.secrets import mask_url
 from harness.tracking import Tracker, TrialStart, make_tracker
 
 
@@ -196,7 +197,8 @@ def fit(
         interrupted = isinstance(exc, KeyboardInterrupt)
         # a rank the launcher stopped says so; Ctrl-C has no message
         interrupt = str(exc) or "interrupted"
-        state.reason = interrupt if interrupted else f"{type(exc).__name__}: {exc}"
+        # an error text can quote a storage URL: its password never reaches the record
+        state.reason = interrupt if interrupted else mask_url(f"{type(exc).__name__}: {exc}")
         if state.dist is not None:  # this rank left the common path: no more collectives
             state.dist.in_sync = False
         one_line = compile_error(exc)

@@ -17,6 +17,7 @@ from harness.config import HIDDEN_PARAMS, TrialConfig, with_overrides
 from harness.config.sweep import SweepSpec
 from harness.data.loaders import load_data
 from harness.fit import TrialResult, fit
+from harness.secrets import redact
 from harness.sweep.attrs import attrs_of, fresh_attrs, set_attrs
 from harness.sweep.ranks import run_on_ranks
 from harness.tracking import Tracker, make_tracker
@@ -197,7 +198,7 @@ class Objective:
             set_attrs(trial, status="failed", reason="interrupted (SIGINT)")
             raise
         except Exception as exc:
-            set_attrs(trial, status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+            set_attrs(trial, status="failed", reason=redact(f"{type(exc).__name__}: {exc}", 500))
             raise
         # what the study-level detector reads of the trial, read from its history once, as the
         # detector reads any metrics rows
