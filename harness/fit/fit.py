@@ -39,6 +39,7 @@ from harness.checks.updates import UpdateMonitor
 from harness.config import TrialConfig
 from harness.data.dataset import DataBundle
 from harness.data.loaders import load_data, make_loaders
+from harness.data.transforms import reseed
 from harness.errors import ConfigError, HarnessError
 from harness.faults import optimizer_for, skew_optimizer_for_rank, train_set_for
 from harness.files import save_checkpoint
@@ -229,6 +230,9 @@ def _setup(
     evidence = check_mask_pairing(bundle.train) if cfg.train.monitor else {}
 
     seed_everything(cfg.train.seed)  # model init must not depend on what data loading drew
+    # albumentations keeps its own RNG, which seed_everything does not reach: the pairing check
+    # above, or an earlier trial on the same dataset (a sweep worker reuses it), has moved it on
+    reseed(bundle.train, cfg.train.seed)
     model = build_model(cfg.model, num_classes=len(bundle.class_names)).to(device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)

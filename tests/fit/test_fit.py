@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from harness.config import with_overrides
+from harness.data.loaders import load_data
 from harness.files import load_checkpoint
 from harness.fit import AuditFailed, Callback, StopTrial, fit
 from harness.fit.record import read_metrics
@@ -57,6 +58,20 @@ def test_same_seed_same_metrics(tiny_cfg):
     assert a.history[0]["val/mIoU"] == b.history[0]["val/mIoU"]
     c = fit(with_overrides(tiny_cfg, {"name": "t3", "train.seed": 1}))
     assert c.history[0]["train/loss"] != a.history[0]["train/loss"]
+
+
+@pytest.mark.slow
+def test_augmented_trials_on_a_shared_dataset_repeat_a_fresh_run(tiny_cfg):
+    """A sweep worker reuses one dataset for its trials, and the mask-pairing check draws
+    augmented samples before training: neither may shift the augmentations a trial trains on."""
+    cfg = with_overrides(tiny_cfg, {"data.augment": True})
+    fresh = fit(cfg)
+    shared = load_data(cfg)
+    first = fit(dataclasses.replace(cfg, name="t2"), data=shared)
+    second = fit(dataclasses.replace(cfg, name="t3"), data=shared)  # after the first's draws
+    unchecked = fit(with_overrides(cfg, {"name": "t4", "train.monitor": False}))
+    losses = [r.history[0]["train/loss"] for r in (fresh, first, second, unchecked)]
+    assert losses == [fresh.history[0]["train/loss"]] * 4
 
 
 @pytest.mark.slow
