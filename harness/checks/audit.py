@@ -68,6 +68,12 @@ def _module_of(name: str) -> str:
     return name.split(".", 1)[0] if "." in name else "(model)"
 
 
+def _base_lr(group: dict) -> float:
+    """The lr a group is set to train at. A scheduler, once built, has already scaled ``lr`` by
+    its first factor (a warm-up from 0 sets it to 0) and keeps the set value as ``initial_lr``."""
+    return float(group.get("initial_lr", group["lr"]))
+
+
 # long: one pass over the groups, then one per module; each finding is built where its rule is
 def audit_param_groups(
     model: nn.Module,
@@ -81,6 +87,7 @@ def audit_param_groups(
     """
     frozen = set(frozen_on_purpose)
     names = {id(p): n for n, p in model.named_parameters()}
+    lrs_of = [_base_lr(g) for g in optimizer.param_groups]
     group_names = [str(g.get("name", f"group{i}")) for i, g in enumerate(optimizer.param_groups)]
 
     seen: dict[int, list[int]] = {}
@@ -90,7 +97,7 @@ def audit_param_groups(
         params = group["params"]
         if not params:
             empty.append(group_names[gi])
-        if float(group["lr"]) == 0.0 and params:
+        if lrs_of[gi] == 0.0 and params:
             zero_lr.append(group_names[gi])
         for p in params:
             seen.setdefault(id(p), []).append(gi)
@@ -105,13 +112,7 @@ def audit_param_groups(
     for n, p in model.named_parameters():
         by_module.setdefault(_module_of(n), []).append((n, p))
     for module, params in by_module.items():
-        lrs = sorted(
-            {
-                float(optimizer.param_groups[gi]["lr"])
-                for _, p in params
-                for gi in seen.get(id(p), [])
-            }
-        )
+        lrs = sorted({lrs_of[gi] for _, p in params for gi in seen.get(id(p), [])})
         rows.append(
             ModuleRow(
                 module=module,

@@ -77,6 +77,31 @@ def test_duplicated_empty_and_zero_lr_groups_are_found():
     assert set(report.duplicated) == {n for n, _ in model.fcn.named_parameters(prefix="fcn")}
 
 
+def test_a_warm_up_from_zero_is_not_a_zero_lr_group():
+    """A scheduler has already set the lr to base_lr * factor(0) when the audit runs: a warm-up
+    that starts at 0 trains every group, so the audit judges the base lr (``initial_lr``)."""
+    model = Toy()
+    opt = build_optimizer(model, OptimConfig(lr=1e-3, f_lr=1e-4))
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, step / 100))
+    assert all(g["lr"] == 0.0 for g in opt.param_groups)
+    report = audit_param_groups(model, opt)
+    assert report.ok, report.findings
+    assert {r.module: r.lrs for r in report.modules}["decoder"] == (1e-3,)
+
+
+def test_a_group_set_to_lr_0_is_found_under_a_scheduler_too():
+    model = Toy()
+    opt = torch.optim.Adam(
+        [
+            {"params": list(model.encoder.parameters()) + list(model.fcn.parameters())},
+            {"params": list(model.decoder.parameters()) + list(model.head.parameters()), "lr": 0},
+        ],
+        lr=1e-3,
+    )
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, step / 100))
+    assert {f.code for f in audit_param_groups(model, opt).findings} == {"zero-lr:group1"}
+
+
 def test_f_lr_zero_freezes_encoder_on_purpose_without_finding():
     model = Toy()
     cfg = OptimConfig(lr=1e-3, f_lr=0.0)
