@@ -54,13 +54,13 @@ bug-demo-blind: $(STAMP)
 # every trial is flagged by the audit, the update monitor and the learning check.
 story: $(STAMP)
 	PYTHONPATH=examples/story $(BIN)/harness sweep examples/story/story.yaml
-	PYTHONPATH=examples/story $(BIN)/harness report story
+	PYTHONPATH=examples/story $(BIN)/harness report story --model story.deconvnet:make
 
 # The same code where the bug depends on a parameter (f_lr < lr), with no structural check:
 # the study-level detector flags the buggy trials and says what they share.
 story-blind: $(STAMP)
 	PYTHONPATH=examples/story $(BIN)/harness sweep examples/story/story-blind.yaml --no-audit --no-monitor
-	PYTHONPATH=examples/story $(BIN)/harness report story-blind
+	PYTHONPATH=examples/story $(BIN)/harness report story-blind --model story.deconvnet:make
 
 # One self-contained HTML page of a study: runs/$(STUDY)/report/report.html (+ the PNGs).
 STUDY ?= default

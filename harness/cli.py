@@ -549,6 +549,13 @@ def predict(
     device: Annotated[
         str | None, typer.Option(help="auto, cpu, cuda, cuda:N; default: the run's train.device.")
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Your model factory package.module:function, when the run trained one: "
+            "harness imports it only when you name it."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Predict a split with a run's best.pt: the submission CSV and one palette PNG per image."""
@@ -567,6 +574,7 @@ def predict(
         device=device,
         progress=not quiet,
         on_start=None if quiet else lambda line: print(line, flush=True),
+        model=model,
     )
     for line in metric_lines(result, result.checkpoint.cfg.data.image_size):
         print(line)
@@ -818,11 +826,18 @@ def report(
             help="Report folder (its report files are replaced); default: runs/STUDY/report."
         ),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Your model factory package.module:function, when the best trial trained one: "
+            "harness imports it (to predict its masks) only when you name it."
+        ),
+    ] = None,
 ) -> None:
     """One self-contained HTML report of a study (charts, flags with evidence, best masks)."""
     from harness.report.study import write_report
 
-    print(write_report(study, out=out, storage=storage, dest=dest))
+    print(write_report(study, out=out, storage=storage, dest=dest, model=model))
 
 
 @app.command()

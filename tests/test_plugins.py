@@ -163,6 +163,48 @@ def test_user_model_with_the_story_builder_is_audited_monitored_and_recorded(
     assert config_from_dict(cfg).model.args == {"width": 4}
 
 
+def test_predict_imports_a_checkpoints_user_model_only_when_the_user_names_it(
+    tiny_data, tmp_path, userpkg, capsys
+):
+    """A checkpoint's config names its model factory: a shared best.pt must not make harness
+    import a module of its choosing. ``harness predict`` runs it only with ``--model``."""
+    assert main(_args(tiny_data, tmp_path, "u", "--model", "mypkg.nets:make")) == 0
+    run = tmp_path / "runs" / "u"
+    for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
+        del sys.modules[name]
+    capsys.readouterr()
+    assert main(["predict", str(run), "--split", "val", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass --model mypkg.nets:make" in err
+    assert "mypkg.nets" not in sys.modules  # refused before anything was imported
+    assert not (run / "predict-val").exists()
+
+    assert main(["predict", str(run), "--split", "val", "-q", "--model", "mypkg.nets:other"]) == 2
+    err = capsys.readouterr().err
+    assert "--model='mypkg.nets:other'" in err and "trained with 'mypkg.nets:make'" in err
+
+    assert main(["predict", str(run), "--split", "val", "-q", "--model", "mypkg.nets:make"]) == 0
+    assert (run / "predict-val" / "submission.csv").is_file()
+
+
+def test_the_report_predicts_a_user_models_masks_only_when_the_user_names_it(
+    tiny_data, tmp_path, userpkg
+):
+    from harness.report.masks import MaskSet, predict_best_masks
+    from harness.report.trials import TrialInfo
+
+    assert main(_args(tiny_data, tmp_path, "u", "--model", "mypkg.nets:make")) == 0
+    run = tmp_path / "runs" / "u"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    info = TrialInfo(0, "COMPLETE", {}, 0.1, [], {}, run, config)
+    for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
+        del sys.modules[name]
+    said = predict_best_masks(info)
+    assert isinstance(said, str) and "--model mypkg.nets:make predicts its masks" in said
+    assert "mypkg.nets" not in sys.modules
+    assert isinstance(predict_best_masks(info, "mypkg.nets:make"), MaskSet)
+
+
 def test_f_lr_modules_names_the_user_models_modules(tiny_data, tmp_path, userpkg, capsys):
     # the default (encoder) on a model without one: refused, its children named; then fixed
     args = _args(tiny_data, tmp_path, "two", "--model", "mypkg.nets:two_part", "--f-lr", "1e-4")

@@ -91,6 +91,21 @@ def load_run_checkpoint(target: Path | str) -> Checkpoint:
     )
 
 
+def check_model_named(ckpt: Checkpoint, model: str | None) -> None:
+    """A checkpoint's config can name any importable module as its model factory. harness
+    imports user code only from what the user names: a user model runs only when ``--model``
+    names the same factory, so a checkpoint from someone else cannot make this machine import
+    (and run) a module of its choosing."""
+    recorded = ckpt.cfg.model.name
+    if model is not None and model != recorded:
+        raise PredictError(f"--model={model!r}: {ckpt.path} was trained with {recorded!r}")
+    if ckpt.cfg.model.user and model is None:
+        raise PredictError(
+            f"{ckpt.path}: trained with the model factory {recorded!r}; harness imports user "
+            f"code only from what you name: pass --model {recorded} to import and run it"
+        )
+
+
 def build_checkpoint_model(ckpt: Checkpoint, device: torch.device) -> nn.Module:
     try:
         model = load_trained(ckpt.cfg.model, len(ckpt.class_names), ckpt.state)

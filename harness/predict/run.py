@@ -29,6 +29,7 @@ from harness.predict.inputs import (
     PredictError,
     PredictSet,
     build_checkpoint_model,
+    check_model_named,
     check_tta,
     class_mismatch,
     collate,
@@ -154,10 +155,14 @@ def predict(
     device: str | None = None,
     progress: bool = True,
     on_start: Callable[[str], None] | None = None,
+    model: str | None = None,
 ) -> PredictResult:
     """Predict ``split`` with the checkpoint of a run (folder or ``best.pt``) into ``out``
-    (default ``<run folder>/predict-<split>/``). ``on_start`` gets one line once all is checked."""
+    (default ``<run folder>/predict-<split>/``). ``on_start`` gets one line once all is checked.
+    ``model``: the user model factory the checkpoint was trained with, named by the user (a
+    checkpoint with a user model is refused without it: its config is not trusted to import)."""
     ckpt = load_run_checkpoint(target)
+    check_model_named(ckpt, model)
     fmt = parse_formats(formats)
     mode = check_tta(tta)
     if batch_size is not None and batch_size < 1:
@@ -174,7 +179,7 @@ def predict(
     if len(chosen) == 0:
         raise PredictError(f"--split={split!r}: {chosen.ann_path} holds no images")
     mask_names(chosen)  # refuse clashing PNG names before anything is written
-    model = build_checkpoint_model(ckpt, dev)
+    net = build_checkpoint_model(ckpt, dev)
     truth = has_truth(chosen)
     loader = DataLoader(
         PredictSet(chosen, coco, cfg, truth),
@@ -189,7 +194,7 @@ def predict(
         collate_fn=collate,
     )
     predictor = _Predictor(
-        model,
+        net,
         dev,
         mode,
         amp=amp_dtype(

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from harness.config import config_from_dict
+from harness.config.trial import MODELS
 from harness.data.loaders import load_data
 from harness.errors import HarnessError
 from harness.files import load_checkpoint
@@ -33,11 +34,19 @@ class MaskSet:
     captions: list[str]
 
 
-def predict_best_masks(info: TrialInfo) -> MaskSet | str:
+def predict_best_masks(info: TrialInfo, named_model: str | None = None) -> MaskSet | str:
     """Rebuild the best trial's model from its config, load its ``best.pt`` and predict the
-    trainer's fixed val images (the W&B mask panel's). A sentence when a piece is missing."""
+    trainer's fixed val images (the W&B mask panel's). A sentence when a piece is missing.
+    A user model factory is imported only when ``named_model`` (the user's ``--model``) names it:
+    a study record is not trusted to choose what this machine imports."""
     if not info.config:
         return f"Trial {info.number} recorded no config: its masks cannot be predicted."
+    recorded = info.config.get("model", {}).get("name") if isinstance(info.config, dict) else None
+    if isinstance(recorded, str) and recorded not in MODELS and named_model != recorded:
+        return (
+            f"Trial {info.number} trained the model factory {recorded!r}; harness imports user "
+            f"code only from what you name: --model {recorded} predicts its masks."
+        )
     if info.run_dir is None or not info.run_dir.is_dir():
         return (
             f"The run folder of trial {info.number} ({info.run_dir}) is missing: "

@@ -181,9 +181,12 @@ def write_report(
     out: Path = Path("runs"),
     storage: str | None = None,
     dest: Path | None = None,
+    model: str | None = None,
 ) -> Path:
     """Load the study, draw every chart into ``dest`` (default ``<out>/<study>/report``) and write
-    ``report.html`` there; returns its path. Unknown study: HarnessError (exit 2 in the CLI)."""
+    ``report.html`` there; returns its path. Unknown study: HarnessError (exit 2 in the CLI).
+    ``model``: the user model factory the best trial trained, named by the user, so that its
+    masks can be predicted (``harness.report.masks.predict_best_masks``)."""
     study_obj = load_study(study, out=str(out), storage=storage)
     trials = trials_of(study_obj)
     dest = dest if dest is not None else default_dest(study, out)
@@ -251,7 +254,7 @@ def write_report(
         )
     )
     sections.append(
-        section("masks", "Predicted masks of the best trial", _masks(best, paths["masks"]))
+        section("masks", "Predicted masks of the best trial", _masks(best, paths["masks"], model))
     )
     sections.append(section("trials", "All trials", _trials_table(infos)))
 
@@ -334,10 +337,10 @@ def _per_class(best: TrialInfo | None, path: Path) -> str:
     return inline_png(path, "per-class IoU") + _per_class_table(per_class)
 
 
-def _masks(best: TrialInfo | None, path: Path) -> str:
+def _masks(best: TrialInfo | None, path: Path, model: str | None) -> str:
     if best is None:
         return note("No best trial yet: no predicted masks.")
-    masks = predict_best_masks(best)
+    masks = predict_best_masks(best, model)
     if isinstance(masks, str):
         return note(masks)
     plot_masks(masks, path)
