@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ TABLE_COLUMNS = (
     "evidence",
     "wandb_run",
 )
+WANDB_ERROR = "wandb_error"  # the study attribute that keeps why its W&B run was not logged
 _RUN_URL = re.compile(r"https?://[^/]+/([^/]+)/([^/]+)/runs/([^/?#\s]+)")
 
 
@@ -57,16 +59,31 @@ def retag_online_runs(trials: Sequence[Any], outliers: Mapping[int, str], api: A
     return changed
 
 
-def log_study_run(
-    spec: SweepSpec, trials: Sequence[Any], say: Callable[[str], None] | None = None
-) -> None:
+def record_study_run(
+    study: Any, spec: SweepSpec, trials: Sequence[Any], say: Callable[[str], None] | None
+) -> str | None:
+    """Log the study's W&B run; when that fails, say so (on stderr when the sweep is quiet) and
+    keep the reason in the study's ``wandb_error`` attribute, so it is never lost. Returns it."""
+    error = log_study_run(spec, trials)
+    if error is not None:
+        if say is not None:
+            say(error)
+        else:
+            print(error, file=sys.stderr)
+        study.set_user_attr(WANDB_ERROR, error)
+    elif study.user_attrs.get(WANDB_ERROR) is not None:  # an earlier run's failure is mended
+        study.set_user_attr(WANDB_ERROR, None)
+    return error
+
+
+def log_study_run(spec: SweepSpec, trials: Sequence[Any]) -> str | None:
     """One W&B run per study (``job_type`` "study", group = study): trial table + best config.
-    Like every tracker call, W&B trouble is reported once and never fails the sweep."""
+    Like every tracker call, W&B trouble never fails the sweep: it is returned as one line."""
     if spec.base.tracking.backend != "wandb":
-        return
+        return None
     mode, _ = resolve_mode(os.environ)
     if mode == "disabled":
-        return
+        return None
     best = best_trial(trials)
     outliers = study_outliers(trials)
     rows = [
@@ -114,5 +131,5 @@ def log_study_run(
             if mode == "online":
                 retag_online_runs(trials, outliers, wandb.Api())
     except Exception as exc:
-        if say is not None:
-            say(f"W&B study run not logged ({redact(f'{type(exc).__name__}: {exc}')})")
+        return f"W&B study run not logged ({redact(f'{type(exc).__name__}: {exc}')})"
+    return None

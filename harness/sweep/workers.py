@@ -28,7 +28,7 @@ from harness.sweep.objective import Objective
 from harness.sweep.storage import open_storage, storage_url
 from harness.sweep.study import create_study, make_pruner, make_sampler
 from harness.sweep.view import counts, progress_line, record_outliers, trials_of
-from harness.sweep.wandb_run import log_study_run
+from harness.sweep.wandb_run import record_study_run
 
 POLL_S = 1.0  # how often an idle worker looks for stale trials or a free slot
 
@@ -198,7 +198,7 @@ def _run_sweep(
     trials = trials_of(study)
     record_outliers(study, trials)
     write_best(spec, trials)
-    log_study_run(spec, trials, say)
+    record_study_run(study, spec, trials, say)
     return study
 
 

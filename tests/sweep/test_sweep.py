@@ -282,6 +282,42 @@ def test_wandb_runs_grouped_by_study_and_a_study_run(tiny_data, tmp_path, monkey
     assert (study_run["run_group"], study_run["job_type"]) == ("s", "study")
 
 
+class _Study:
+    def __init__(self) -> None:
+        self.user_attrs: dict = {}
+
+    def set_user_attr(self, key, value) -> None:
+        self.user_attrs[key] = value
+
+
+def test_a_study_run_that_fails_is_said_and_recorded_even_when_quiet(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    import wandb
+
+    from harness.sweep import wandb_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    doc = _sweep_doc(tiny_data, tmp_path, n_trials=1)
+    doc["trial"]["tracking"] = {"backend": "wandb"}
+    spec = parse_spec(doc)
+
+    def refuse(**_):
+        raise RuntimeError("no room left on the W&B disk")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    study = _Study()
+    error = wandb_run.record_study_run(study, spec, [], say=None)  # a quiet sweep: no console
+    assert error == "W&B study run not logged (RuntimeError: no room left on the W&B disk)"
+    assert capsys.readouterr().err == error + "\n"
+    assert study.user_attrs[wandb_run.WANDB_ERROR] == error
+
+    # a later run that logs it clears the stale reason
+    monkeypatch.setattr(wandb_run, "log_study_run", lambda spec, trials: None)
+    assert wandb_run.record_study_run(study, spec, [], say=None) is None
+    assert study.user_attrs[wandb_run.WANDB_ERROR] is None
+
+
 # --- PostgreSQL -----------------------------------------------------------------------------
 
 
