@@ -491,8 +491,13 @@ def _finalize(state: FitState) -> TrialResult:
         "tracking": state.tracker.info(),
         **({"code": state.code} if state.code else {}),
     }
+    # written first, so that a W&B upload that hangs or is killed cannot cost the record; then
+    # again when finishing the run changed what the tracker reports (a failed artifact upload)
     state.record.write_summary(summary)
     state.tracker.finish(summary)
+    if state.tracker.info() != summary["tracking"]:
+        summary["tracking"] = state.tracker.info()
+        state.record.write_summary(summary)
     return TrialResult(
         status=state.status,
         reason=state.reason,

@@ -303,6 +303,23 @@ def test_a_run_that_fails_to_close_after_a_failed_start_is_said_too(tiny_cfg, mo
 
 
 @pytest.mark.slow
+def test_a_failure_while_finishing_the_run_reaches_summary_json(tiny_cfg, monkeypatch, capsys):
+    """The summary is written before the W&B run is finished (so a hung upload cannot cost the
+    record), and again when finishing changed what the tracker says: the failure is kept."""
+
+    def fail(self, summary):
+        raise OSError("artifact upload failed")
+
+    monkeypatch.setattr(WandbTracker, "_finish", fail)
+    result = fit(tiny_cfg)
+    assert result.status == "finished"
+    on_disk = json.loads((tiny_cfg.run_dir / "summary.json").read_text())
+    assert "OSError: artifact upload failed" in on_disk["tracking"]["error"]
+    assert result.summary["tracking"] == on_disk["tracking"]
+    assert capsys.readouterr().err.count("W&B logging failed (OSError") == 1
+
+
+@pytest.mark.slow
 def test_wandb_error_mid_trial_leaves_the_trial_and_its_record_intact(
     tiny_cfg, monkeypatch, capsys
 ):
