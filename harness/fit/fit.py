@@ -57,7 +57,7 @@ from harness.fit.loop import (
 )
 from harness.fit.record import NullRecord, RunRecord, TrialResult, ensure_free
 from harness.fit.runtime import Runtime, apply_cudnn, compile_error, compiled, trial_runtime
-from harness.fit.verdicts import collect_flags
+from harness.fit.verdicts import CheckFailed, Hooks, collect_flags
 from harness.models import build_model, check_output
 from harness.optim import build_scheduler, check_f_lr_modules, frozen_modules, group_lrs
 from harness.progress import bar
@@ -199,7 +199,8 @@ def fit(
         # a rank the launcher stopped says so; Ctrl-C has no message
         interrupt = str(exc) or "interrupted"
         # an error text can quote a storage URL: its password never reaches the record
-        state.reason = interrupt if interrupted else mask_url(f"{type(exc).__name__}: {exc}")
+        text = str(exc) if isinstance(exc, CheckFailed) else f"{type(exc).__name__}: {exc}"
+        state.reason = interrupt if interrupted else mask_url(text)
         if state.dist is not None:  # this rank left the common path: no more collectives
             state.dist.in_sync = False
         one_line = compile_error(exc)
@@ -304,21 +305,17 @@ def _run_epochs(state: FitState, console: Console | None, verbose: bool, label: 
     )
     scaler = grad_scaler(state.amp)
     criterion = nn.CrossEntropyLoss(ignore_index=state.bundle.ignore_index)
-    step_callbacks = [
-        cb for cb in state.callbacks if type(cb).on_step_end is not Callback.on_step_end
-    ]
+    prefix = f"{label}: " if label else ""
+    hooks = Hooks(state.callbacks, state.evidence)
 
     def each_step(step: int, loss: float) -> None:
-        for cb in step_callbacks:
-            cb.on_step_end(state.global_step + step, loss)
+        hooks.step_end(state.global_step + step, loss)
 
     dist = state.dist
     on_step = each_step if dist is None else ddp.deferred(dist, each_step)
 
-    for cb in state.callbacks:  # inside fit's try: a failing callback still closes the record
-        cb.on_fit_start(state.model, state.optimizer)
+    hooks.fit_start(state.model, state.optimizer)
     epochs = cfg.train.epochs
-    prefix = f"{label}: " if label else ""
     for epoch in range(1, epochs + 1):
         lrs = group_lrs(state.optimizer)  # the lr this epoch starts with
         best = f" (best {state.best_miou:.3f})" if state.best_epoch else ""
@@ -340,7 +337,7 @@ def _run_epochs(state: FitState, console: Console | None, verbose: bool, label: 
                     amp=state.amp,
                     channels_last=state.channels_last,
                     advance=advance,
-                    on_step=on_step if step_callbacks else None,
+                    on_step=on_step if hooks.stepping else None,
                 )
             state.global_step += int(tr["steps"])
             if dist is not None:
@@ -360,7 +357,7 @@ def _run_epochs(state: FitState, console: Console | None, verbose: bool, label: 
         if console is not None and verbose:
             console.print(epoch_line(row, epochs), soft_wrap=True)
         _keep_best(state, epoch, row["val/mIoU"], iou)
-        stop = _epoch_callbacks(state, epoch, row, final=epoch == epochs)
+        stop = _epoch_callbacks(state, hooks, epoch, row, final=epoch == epochs)
         if dist is not None:  # every rank stops at the same epoch, or none does
             stop = ddp.agree(dist, stop)
         if stop is not None:
@@ -432,14 +429,13 @@ def _keep_best(state: FitState, epoch: int, miou: float, iou: list[float]) -> No
 
 
 def _epoch_callbacks(
-    state: FitState, epoch: int, row: dict[str, Any], *, final: bool
+    state: FitState, hooks: Hooks, epoch: int, row: dict[str, Any], *, final: bool
 ) -> StopTrial | None:
     """The callbacks' epoch hooks, then the row goes to the record and the tracker."""
     stop: StopTrial | None = None
     state.history.append(row)
     try:
-        for cb in state.callbacks:
-            cb.on_epoch_end(epoch, row)
+        hooks.epoch_end(epoch, row)
     except StopTrial as exc:
         stop = exc
     finally:

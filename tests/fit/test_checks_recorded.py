@@ -12,6 +12,7 @@ from harness.callbacks import Callback
 from harness.cli import main
 from harness.config import with_overrides
 from harness.fit import RECORD_FILES, fit
+from harness.fit.verdicts import CheckFailed
 
 
 def _cfg(tiny_cfg):
@@ -73,14 +74,64 @@ def test_a_check_that_raises_is_recorded_as_check_failed(tiny_cfg, callback, fla
     _assert_check_failed(result, cfg.run_dir, flag)
 
 
+class BrokenStep(Callback):
+    name = "broken-step"
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        if step == 2:
+            raise KeyError("loss/ema")
+
+
+class BrokenStart(Callback):
+    name = "broken-start"
+
+    def on_fit_start(self, model, optimizer) -> None:
+        raise AttributeError("no attribute 'encoder'")
+
+
+class FoundThenBroke(Callback):
+    name = "found-then-broke"
+
+    def on_fit_end(self, status: str) -> None:
+        raise RuntimeError("boom")
+
+    def flags(self) -> dict[str, str]:
+        return {"never-updated:decoder": "decoder: relative update 0 after 5 steps"}
+
+
 @pytest.mark.slow
-def test_a_callback_crash_mid_training_fails_the_trial_with_the_reason(tiny_cfg):
+@pytest.mark.parametrize(
+    ("callback", "reason"),
+    [
+        (BrokenEpoch(), "check-failed:broken-epoch: on_epoch_end raised ValueError: bad row"),
+        (BrokenStep(), "check-failed:broken-step: on_step_end raised KeyError: 'loss/ema'"),
+        (
+            BrokenStart(),
+            "check-failed:broken-start: on_fit_start raised AttributeError: no attribute 'encoder'",
+        ),
+    ],
+    ids=["on_epoch_end", "on_step_end", "on_fit_start"],
+)
+def test_a_callback_crash_mid_training_fails_the_trial_naming_the_check(tiny_cfg, callback, reason):
+    """A training hook that raises ends the trial at once, failed, and the record names the
+    broken check (its flag and the trial's reason), not only the error."""
     cfg = _cfg(tiny_cfg)
-    with pytest.raises(ValueError, match="bad row"):
-        fit(cfg, callbacks=[BrokenEpoch()])
+    with pytest.raises(CheckFailed, match="check-failed:") as raised:
+        fit(cfg, callbacks=[callback])
+    assert raised.value.__cause__ is not None  # the check's own error, with its traceback
     summary = _summary(cfg.run_dir)
     assert summary["status"] == "failed"
-    assert summary["reason"] == "ValueError: bad row"
+    assert summary["reason"] == reason
+    flag = f"check-failed:{callback.name}"
+    assert flag in summary["flags"] and summary["evidence"][flag] == reason.split(": ", 1)[1]
+
+
+@pytest.mark.slow
+def test_flags_a_check_found_count_when_its_on_fit_end_fails(tiny_cfg):
+    cfg = _cfg(tiny_cfg)
+    result = fit(cfg, callbacks=[FoundThenBroke()])
+    assert "never-updated:decoder" in result.flags
+    assert result.evidence["check-failed:found-then-broke"] == "on_fit_end: RuntimeError: boom"
 
 
 def _trial_args(tiny_data: Path, tmp_path: Path, *extra: str) -> list[str]:
