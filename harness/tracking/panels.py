@@ -105,6 +105,7 @@ class PanelTracker(Tracker):
         self.every = 1
         self._model: nn.Module | None = None
         self._device = torch.device("cpu")
+        self.panel_error: str | None = None  # why the mask panel went off, for summary.json
 
     def start(self, trial: TrialStart) -> None:
         cfg, bundle = trial.cfg, trial.bundle
@@ -120,9 +121,19 @@ class PanelTracker(Tracker):
                     cfg.train.batch_size,
                 )
             except Exception as exc:  # a panel is a nicety: never worth a trial
-                self.say(
-                    f"mask panel off for this trial ({redact(f'{type(exc).__name__}: {exc}')})"
-                )
+                self._panel_off(exc)
+
+    def _panel_off(self, exc: Exception) -> None:
+        """No more mask panels in this trial: said, and kept in ``info()`` for the record."""
+        self.panel = None
+        self.panel_error = redact(f"{type(exc).__name__}: {exc}")
+        self.say(f"mask panel off for this trial ({self.panel_error})")
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        if self.panel_error is not None:
+            info["panel_error"] = self.panel_error
+        return info
 
     def _predict_if_due(self, epoch: int, final: bool) -> np.ndarray | None:
         if self.panel is None or self._model is None or not media_due(epoch, final, self.every):
@@ -149,5 +160,4 @@ class LocalTracker(PanelTracker):
             if pred is not None and self.panel is not None and self.dir is not None:
                 panel_png(self.panel, pred, self.dir / f"masks-epoch-{int(row['epoch']):03d}.png")
         except Exception as exc:
-            self.panel = None
-            self.say(f"mask panel off for this trial ({redact(f'{type(exc).__name__}: {exc}')})")
+            self._panel_off(exc)

@@ -411,4 +411,7 @@ class WandbTracker(PanelTracker):
             self._env = None
 
     def info(self) -> dict[str, Any]:
-        return dict(self._info)
+        info = dict(self._info)
+        if self.panel_error is not None:
+            info["panel_error"] = self.panel_error
+        return info
