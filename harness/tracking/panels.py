@@ -136,9 +136,15 @@ class PanelTracker(Tracker):
         return info
 
     def _predict_if_due(self, epoch: int, final: bool) -> np.ndarray | None:
+        """The panel's predictions when one is due; a failure turns the panel off (said and
+        recorded), never the rest of the tracking."""
         if self.panel is None or self._model is None or not media_due(epoch, final, self.every):
             return None
-        return self.panel.predict(self._model, self._device)
+        try:
+            return self.panel.predict(self._model, self._device)
+        except Exception as exc:
+            self._panel_off(exc)
+            return None
 
 
 class LocalTracker(PanelTracker):

@@ -320,6 +320,24 @@ def test_a_failure_while_finishing_the_run_reaches_summary_json(tiny_cfg, monkey
 
 
 @pytest.mark.slow
+def test_a_failing_mask_panel_turns_the_panel_off_not_the_w_and_b_run(
+    tiny_cfg, monkeypatch, capsys
+):
+    def fail(self, model, device):
+        raise RuntimeError("panel predict failed")
+
+    monkeypatch.setattr(MaskPanel, "predict", fail)
+    cfg = with_overrides(tiny_cfg, {"train.epochs": 2, "tracking.media_every": 1})
+    result = fit(cfg)
+    info = result.summary["tracking"]
+    assert info["panel_error"] == "RuntimeError: panel predict failed" and "error" not in info
+    run = read_wandb_run(cfg.run_dir)
+    assert [row["epoch"] for row in run["history"]] == [1, 2]  # both epochs still logged
+    assert run["state"] == "finished"
+    assert capsys.readouterr().err.count("mask panel off for this trial") == 1
+
+
+@pytest.mark.slow
 def test_wandb_error_mid_trial_leaves_the_trial_and_its_record_intact(
     tiny_cfg, monkeypatch, capsys
 ):
