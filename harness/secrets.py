@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import re
 
-# The password of ``scheme://user:password@host``, read as SQLAlchemy reads it: the user name runs
-# to the first ":" (no "/" or "@" in it), the password to the first "@" and may hold "/" and ":"
-# (generated passwords, e.g. base64, often do). It may also come as a ``password=`` query value.
-_USERINFO_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^@]*@")
+# The password of ``scheme://user:password@host``: the user name runs to the first ":" (no "/"
+# or "@" in it), the password may hold "/" and ":" (generated passwords, e.g. base64, often do)
+# and even an unescaped "@" (SQLAlchemy would stop at the first one; the rest must not show
+# either), so it is masked up to the last "@" of the URL. It may also come as a ``password=``
+# query value.
+_USERINFO_PASSWORD = re.compile(r"(://[^/@:\s]*:)(?:[^@\s]*@)+")
 _QUERY_PASSWORD = re.compile(r"([?&;]password=)[^&;\s'\"]*", re.IGNORECASE)
 
 

@@ -30,6 +30,20 @@ def test_the_password_sqlalchemy_reads_is_masked(url):
     )
 
 
+def test_an_unescaped_at_sign_leaves_no_part_of_the_password():
+    assert (
+        mask_url("postgresql://bob:p@ssXYZ@127.0.0.1:1/db") == "postgresql://bob:***@127.0.0.1:1/db"
+    )
+
+
+def test_a_url_in_a_sentence_masks_only_its_own_password():
+    text = "cannot open postgresql://me:pw@db/x (see http://host:8080/docs or mail ops@corp)"
+    assert (
+        mask_url(text)
+        == "cannot open postgresql://me:***@db/x (see http://host:8080/docs or mail ops@corp)"
+    )
+
+
 def test_a_password_in_the_query_is_masked():
     url = "postgresql://me@db/x?sslmode=require&password=Zx9/kQ+2&connect_timeout=3"
     assert mask_url(url) == "postgresql://me@db/x?sslmode=require&password=***&connect_timeout=3"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 from harness import __version__
 from harness.config import FLAT_KEYS, TrialConfig
 from harness.plugins import source_record
-from harness.secrets import redact
+from harness.secrets import mask_url, redact
 from harness.tracking.base import Say, TrialStart, say_once, stderr
 from harness.tracking.panels import PanelTracker
 
@@ -184,9 +185,14 @@ def wandb_env(root: Path) -> Iterator[None]:
     before = {k: os.environ.get(k) for k in WANDB_DIR_ENV}
     for key, sub in WANDB_DIR_ENV.items():
         os.environ[key] = str((root / sub).resolve())
+    # W&B records the command line (sys.argv) as run metadata: a --storage URL's password
+    # must not go with it
+    argv = list(sys.argv)
+    sys.argv[:] = [mask_url(a) for a in argv]
     try:
         yield
     finally:
+        sys.argv[:] = argv
         for key, value in before.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -338,6 +338,23 @@ def test_a_failing_mask_panel_turns_the_panel_off_not_the_w_and_b_run(
 
 
 @pytest.mark.slow
+def test_a_storage_password_on_the_command_line_never_reaches_the_wandb_files(
+    tiny_cfg, monkeypatch
+):
+    """W&B records the process's command line as run metadata: a sweep's --storage URL would
+    carry its password into every run file (and, synced, to the server)."""
+    secret = "hunter2XYZ"
+    argv = ["harness", "sweep", "s.yaml", "--storage", f"postgresql://me:{secret}@db:5432/h"]
+    monkeypatch.setattr(sys, "argv", argv)
+    fit(tiny_cfg)
+    files = [p for p in (tiny_cfg.run_dir / "wandb").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files)
+    assert not [p for p in files if secret.encode() in p.read_bytes()]
+    assert any(b"postgresql://me:***@db:5432/h" in p.read_bytes() for p in files)
+    assert sys.argv == argv  # the process's own argv is left as it was
+
+
+@pytest.mark.slow
 def test_wandb_error_mid_trial_leaves_the_trial_and_its_record_intact(
     tiny_cfg, monkeypatch, capsys
 ):
