@@ -16,7 +16,9 @@ from harness.checks.outliers import TrialOutcome, find_outliers, outcome_of
 from harness.config import HIDDEN_PARAMS, TrialConfig, with_overrides
 from harness.config.sweep import SweepSpec
 from harness.data.loaders import load_data
+from harness.errors import ConfigError, DataError, WeightsError
 from harness.fit import TrialResult, fit
+from harness.plugins import UserCodeError
 from harness.secrets import redact
 from harness.sweep.attrs import attrs_of, fresh_attrs, set_attrs
 from harness.sweep.ranks import run_on_ranks
@@ -158,6 +160,13 @@ def sweep_tracker(spec: SweepSpec, cfg: TrialConfig, console: Any, number: int) 
     )
 
 
+# A trial refused before training by the user's input (a setting, the data, a weights file, an
+# import path): every later trial of the study would be refused the same way, so the sweep stops
+# with the one-line error instead of burning trials (the audit's --strict abort is a verdict on
+# one trial, not a refusal: it is not here).
+REFUSALS = (ConfigError, DataError, WeightsError, UserCodeError)
+
+
 class Objective:
     """``fit`` per trial; data is loaded once per worker (per distinct data config).
 
@@ -179,6 +188,8 @@ class Objective:
         self.nproc = nproc
         self.url = url
         self._data: dict[Any, Any] = {}
+        # the last trial refused before training by a user error (the worker stops on it)
+        self.refused: tuple[int, Exception] | None = None
 
     def data_for(self, cfg: TrialConfig) -> Any:
         key = (cfg.data, cfg.train.seed)
@@ -199,6 +210,8 @@ class Objective:
             raise
         except Exception as exc:
             set_attrs(trial, status="failed", reason=redact(f"{type(exc).__name__}: {exc}", 500))
+            if isinstance(exc, REFUSALS):
+                self.refused = (trial.number, exc)
             raise
         # what the study-level detector reads of the trial, read from its history once, as the
         # detector reads any metrics rows

@@ -59,6 +59,8 @@ def run_worker(
     )
     objective = Objective(spec, console, verbose=verbose, nproc=nproc, url=url)
     deadline = time.monotonic() + spec.timeout if spec.timeout else math.inf
+    # failures of earlier runs of the study do not count: a fixed sweep file must run again
+    fails0 = counts(trials_of(study))["FAIL"]
 
     def after_trial(study: Any, trial: Any) -> None:
         trials = trials_of(study)
@@ -73,9 +75,11 @@ def run_worker(
         done = c["COMPLETE"] + c["PRUNED"]
         if done >= spec.n_trials:
             break
-        if c["FAIL"] > 2 * spec.n_trials + 2:  # a sweep where every trial fails must end
+        failed = c["FAIL"] - fails0
+        if failed > 2 * spec.n_trials + 2:  # a sweep where every trial fails must end
             raise HarnessError(
-                f"study {spec.study}: {c['FAIL']} failed trials; stopping (see the trial table)"
+                f"study {spec.study}: {failed} failed trials in this run; stopping (see the "
+                "trial table)"
             )
         if done + c["RUNNING"] >= spec.n_trials:
             # the last slots are taken; a dead worker's trial goes stale and is re-queued
@@ -90,6 +94,12 @@ def run_worker(
             catch=(Exception,),
             callbacks=[after_trial],
         )
+        if objective.refused is not None:
+            number, exc = objective.refused
+            raise HarnessError(
+                f"study {spec.study}: trial {number} refused before training: {exc} (every "
+                "trial would be; fix it and run the same command again)"
+            )
 
 
 def _worker_main(

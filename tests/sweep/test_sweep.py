@@ -282,6 +282,28 @@ def test_wandb_runs_grouped_by_study_and_a_study_run(tiny_data, tmp_path, monkey
     assert (study_run["run_group"], study_run["job_type"]) == ("s", "study")
 
 
+@pytest.mark.slow
+def test_a_trial_refused_by_a_setting_stops_the_sweep_and_the_fixed_file_runs(
+    tiny_data, tmp_path, capsys
+):
+    """A bad fixed setting refuses every trial: the sweep stops at the first with the one-line
+    error, and once the file is fixed the same command runs (earlier failures do not count)."""
+    doc = _sweep_doc(tiny_data, tmp_path, n_trials=2)
+    doc["trial"]["model"]["weights_path"] = str(tmp_path / "missing.pt")
+    path = _write(tmp_path, doc)
+    assert main(["sweep", str(path), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "study s: trial 0 refused before training:" in err and "missing.pt" in err
+    assert _states(_trials(load_spec(path))) == ["FAIL"]  # one trial, not five
+
+    del doc["trial"]["model"]["weights_path"]
+    path = _write(tmp_path, doc)
+    assert main(["sweep", str(path), "-q"]) == 0
+    assert _states(_trials(load_spec(path))).count("FAIL") == 1
+    assert len([t for t in _trials(load_spec(path)) if t.state.name != "FAIL"]) == 2
+
+
 class _Study:
     def __init__(self) -> None:
         self.user_attrs: dict = {}
