@@ -31,6 +31,7 @@ from harness.config import (
     TRACKING_BACKENDS,
     TrialConfig,
     load_config,
+    read_yaml,
     with_overrides,
 )
 from harness.errors import HarnessError
@@ -238,8 +239,10 @@ def trial(
 ) -> None:
     """Train one trial (DeconvNet, or DeepLab v1 with --model deeplabv1) under runs/NAME/."""
     cfg = load_config(config) if config is not None else TrialConfig()
+    # precedence: defaults < --config FILE < options; a file without a name gets a timestamp
+    named = config is not None and "name" in (read_yaml(config) or {})
     overrides: dict[str, Any] = {
-        "name": name or time.strftime("trial-%Y%m%d-%H%M%S"),
+        "name": name or (cfg.name if named else time.strftime("trial-%Y%m%d-%H%M%S")),
         "out_dir": str(out) if out is not None else None,
         "data.root": data,
         "data.image_root": str(images) if images is not None else None,

@@ -43,6 +43,16 @@ def test_trial_end_to_end_on_a_tiny_synthetic_set(tiny_data, tmp_path, monkeypat
     assert rc == 0
     again = json.loads((tmp_path / "runs" / "again" / "summary.json").read_text())
     assert again["best_val_mIoU"] == summary["best_val_mIoU"]
+    # the file's own name counts (defaults < --config FILE < options): the recorded run is
+    # there already, and the one-line refusal says so; a file without a name gets a timestamp
+    capsys.readouterr()
+    assert main(["trial", "--config", str(run / "config.yaml"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "e2e" in err
+    unnamed = {k: v for k, v in cfg.items() if k != "name"}
+    (tmp_path / "unnamed.yaml").write_text(yaml.safe_dump(unnamed))
+    assert main(["trial", "--config", str(tmp_path / "unnamed.yaml"), "-q"]) == 0
+    assert len(list((tmp_path / "runs").glob("trial-*"))) == 1
 
 
 @pytest.mark.slow
@@ -77,6 +87,11 @@ def test_injected_bug_warns_loudly(tiny_data, tmp_path, monkeypatch, capsys):
         ),
         (["trial", "--inject-bug", "nope"], "error: train.inject_bug='nope': must be one of"),
         (["trial", "--config", "missing.yaml"], "error: missing.yaml: cannot read config file"),
+        (["trial", "--config", "latin1.yaml"], "error: latin1.yaml: a config file must be UTF-8"),
+        (
+            ["trial", "--config", "broken.yaml"],
+            "error: broken.yaml: not valid YAML (ParserError at line 2, column 1: expected",
+        ),
         (["trial", "--lr", "abc"], "error: Invalid value for '--lr'"),
         (["trial", "--bogus"], "error: No such option: --bogus"),
         (["synth", "--out", "x", "--n-train", "0"], "error: --n-train=0: must be >= 1"),
@@ -95,6 +110,8 @@ def test_injected_bug_warns_loudly(tiny_data, tmp_path, monkeypatch, capsys):
 )
 def test_bad_values_give_one_line_and_exit_2(args, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    (tmp_path / "broken.yaml").write_text("optim: [1, 2\n")
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith(message), err

@@ -338,13 +338,23 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
     """``yaml.safe_load`` of a file; unreadable files and bad YAML become one-line ConfigErrors."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: a {what} must be UTF-8 text (byte {exc.start} is not)"
+        ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None)
+        detail = f": {problem}" if problem else ""
+        raise ConfigError(
+            f"{path}: not valid YAML ({exc.__class__.__name__}{where}{detail})"
+        ) from None
 
 
 def load_config(path: str | Path, base: TrialConfig | None = None) -> TrialConfig:
