@@ -90,6 +90,12 @@ def build_datasets(data_cfg: DataConfig, root: Path | str, *, seed: int = 0) -> 
     cache_dir = Path(data_cfg.cache_dir)
     size = data_cfg.image_size
     train_split, val_split = coco.splits["train"], coco.splits["val"]
+    for split in (train_split, val_split):
+        if len(split) == 0:  # nothing to learn from, or a trial "finished" with mIoU nan
+            raise DataError(
+                f"{split.ann_path}: the {split.name} split holds no images (a trial needs "
+                "images to train on and to validate on)"
+            )
     train_masks = MaskCache.build(train_split, coco, data_cfg.overlap, cache_dir, IGNORE_INDEX)
     val_masks = MaskCache.build(val_split, coco, data_cfg.overlap, cache_dir, IGNORE_INDEX)
     train_tf = train_transforms(size, seed=seed) if data_cfg.augment else val_transforms(size)

@@ -505,3 +505,19 @@ def test_workers_do_not_replay_each_others_augmentations(tmp_path: Path) -> None
     )
     images = [batch[0] for batch in loader]  # items 0 and 1 come from different workers
     assert not torch.equal(images[0], images[1])
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_empty_split_is_one_data_error(tiny_data, tmp_path, split):
+    """No images to train on is torch's traceback, none to validate on a trial that 'finished'
+    with mIoU nan: both are the data's fault, said before anything runs."""
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data, data)
+    doc = json.loads((data / f"{split}.json").read_text())
+    doc["images"], doc["annotations"] = [], []
+    (data / f"{split}.json").write_text(json.dumps(doc))
+    cfg = DataConfig(root=str(data), image_size=64, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=rf"{split}.json: the {split} split holds no images"):
+        build_datasets(cfg, data)
