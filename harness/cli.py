@@ -302,8 +302,6 @@ def trial(
     dist = distributed.from_env(cfg.train.device)  # a rank under torchrun, else None
     main_rank = dist is None or dist.is_main
     console = None if quiet or not main_rank else _console()
-    if console is not None:
-        console.print(f"harness {__version__}: trial [bold]{cfg.name}[/] -> {cfg.run_dir}")
     from_sweep = main_rank and SWEEP_LINK_ENV in os.environ
     try:
         callbacks, tracker = _trial_links(cfg, console, main_rank, from_sweep)

@@ -16,6 +16,19 @@ from typing import Any
 
 import torch
 
+from harness.errors import ConfigError
+
+
+def check_folder(path: Path | str, what: str) -> None:
+    """``path`` is, or can be made as, a folder: the nearest part of it that exists must be a
+    folder. Checked before any work, so that a plain file where a folder belongs is one line
+    (``what`` names the option) instead of a NotADirectoryError deep in a write."""
+    for part in (Path(path), *Path(path).parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(f"{what} {path}: {part} is a file, not a folder")
+            return
+
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """``write(tmp_path)`` fills a temp file beside ``path``, which then replaces ``path``."""

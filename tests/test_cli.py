@@ -88,6 +88,8 @@ def test_injected_bug_warns_loudly(tiny_data, tmp_path, monkeypatch, capsys):
         (["trial", "--inject-bug", "nope"], "error: train.inject_bug='nope': must be one of"),
         (["trial", "--config", "missing.yaml"], "error: missing.yaml: cannot read config file"),
         (["trial", "--config", "latin1.yaml"], "error: latin1.yaml: a config file must be UTF-8"),
+        (["trial", "--out", "afile"], "error: out_dir/name: afile/trial-"),
+        (["trial", "--cache-dir", "afile/c"], "error: data.cache_dir (--cache-dir) afile/c: afile"),
         (
             ["trial", "--config", "broken.yaml"],
             "error: broken.yaml: not valid YAML (ParserError at line 2, column 1: expected",
@@ -112,9 +114,11 @@ def test_bad_values_give_one_line_and_exit_2(args, message, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
     (tmp_path / "broken.yaml").write_text("optim: [1, 2\n")
+    (tmp_path / "afile").write_text("")
     assert main(args) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.startswith(message), err
+    assert out == ""  # not even the banner of a run folder that is never made
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("trial-*"))
 

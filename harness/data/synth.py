@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from pycocotools import mask as mask_utils
 
 from harness.errors import ConfigError, DataError
+from harness.files import check_folder
 
 VERSION = 1
 JPEG_QUALITY = 90
@@ -151,6 +152,7 @@ def ensure_builtin(
     """
     _check_params(seed, n_train, n_val, n_test, size)
     cache_dir = Path(cache_dir)
+    check_folder(cache_dir, "data.cache_dir (--cache-dir)")
     params = {"seed": seed, "n_train": n_train, "n_val": n_val, "n_test": n_test, "size": size}
     target = builtin_path(cache_dir, **params)
     name = target.name

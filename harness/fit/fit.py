@@ -165,6 +165,8 @@ def fit(
     state = _setup(cfg, callbacks, data, dist)
     main = dist is None or dist.is_main
     state.record = RunRecord(cfg.run_dir) if main else NullRecord(cfg.run_dir)
+    if console is not None and verbose:  # only now: a refused trial names no folder
+        console.print(f"harness {__version__}: trial [bold]{cfg.name}[/] -> {cfg.run_dir}")
     extra = {"dataset": state.bundle.info, "harness_version": __version__}
     state.record.write_config(cfg, extra | ({"code": state.code} if state.code else {}))
     state.record.write_audit({**state.audit.to_dict(), "enabled": cfg.train.audit})

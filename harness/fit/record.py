@@ -21,7 +21,7 @@ import yaml
 from harness.checks.audit import AuditReport
 from harness.config import TrialConfig
 from harness.errors import ConfigError
-from harness.files import atomic_write_bytes, dumps, read_jsonl
+from harness.files import atomic_write_bytes, check_folder, dumps, read_jsonl
 
 
 @dataclass
@@ -47,7 +47,9 @@ RECORD_FILES = ("config.yaml", "audit.json", "metrics.jsonl", "summary.json", "b
 
 
 def ensure_free(run_dir: Path) -> None:
-    """A folder that already holds a run is never overwritten: say so before any work starts."""
+    """A folder that already holds a run is never overwritten: say so before any work starts
+    (and that the folder can be made at all)."""
+    check_folder(run_dir, "out_dir/name:")
     existing = [f for f in RECORD_FILES if (Path(run_dir) / f).exists()]
     if existing:
         raise ConfigError(

@@ -12,6 +12,7 @@ import yaml
 
 from harness.config.sweep import SweepSpec
 from harness.errors import HarnessError
+from harness.files import check_folder
 from harness.secrets import mask_url
 from harness.sweep.pruner import CheckedMedianPruner
 from harness.sweep.storage import STUDY_DB, open_storage, sqlite_url
@@ -48,6 +49,7 @@ def make_pruner(spec: SweepSpec) -> Any:
 def create_study(spec: SweepSpec, url: str) -> Any:
     """Create the study once (before any worker starts); a racing creator just loads it."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_folder(spec.study_dir, "--out/study:")
     spec.study_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url, spec)
     try:
