@@ -169,6 +169,8 @@ def test_refusals_are_one_line_and_write_nothing(trained, tmp_path, capsys):
                     "--format='csv,jpg': choose one or more of csv, png")  # fmt: skip
     _one_line_error(capsys, ["predict", str(run), "--tta", "rot90", "--out", out],
                     "--tta='rot90': must be one of none, flip")  # fmt: skip
+    _one_line_error(capsys, ["predict", str(run), "--device", "foo", "--out", out],
+                    "--device='foo': must be auto, cpu, cuda, cuda:N or mps")  # fmt: skip
     assert not (tmp_path / "o").exists()
 
     # an existing output folder is never overwritten

@@ -24,6 +24,7 @@ from harness.plugins import is_import_path
 OVERLAP_POLICIES = ("max-class", "area-desc", "ignore")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "poly")
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"  # what train.device and --device accept
 MODELS = ("deconvnet", "deeplabv1")  # deeplabv1: DeepLab v1 LargeFOV (models/deeplabv1.py)
 INJECTABLE_BUGS = (
     "encoder-only-optimizer",  # the story's optimiser: FCN, decoder and head never stepped
@@ -205,7 +206,7 @@ class TrainConfig:
             fail("train.batch_size", self.batch_size, "must be >= 1")
         if self.seed < 0:
             fail("train.seed", self.seed, "must be >= 0")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
             fail("train.device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
         if self.inject_bug is not None:
             check_choice("train.inject_bug", self.inject_bug, INJECTABLE_BUGS)
