@@ -28,6 +28,14 @@ def storage_url(spec: SweepSpec) -> str:
     return sqlite_url(spec.study_dir)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL; None for another database or an in-memory one."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or not scheme.startswith("sqlite") or rest in ("", ":memory:"):
+        return None
+    return Path(rest.split("?", 1)[0])
+
+
 def _driver_url(url: str) -> str:
     """SQLAlchemy 2.1 maps plain ``postgresql://`` to psycopg 3; we ship psycopg2-binary."""
     scheme, sep, rest = url.partition("://")
@@ -70,5 +78,10 @@ def open_storage(url: str, spec: SweepSpec | None = None, *, heartbeat: bool = T
             time.sleep(0.2 * (attempt + 1))
         except (ImportError, ValueError, sqlalchemy.exc.ArgumentError) as exc:
             raise HarnessError(f"--storage {mask_url(url)}: {type(exc).__name__}: {exc}") from None
+        except sqlalchemy.exc.DatabaseError as exc:  # e.g. a study.db that is not SQLite at all
+            first = str(exc.orig or exc).splitlines()[0]
+            raise HarnessError(
+                f"--storage {mask_url(url)}: not a usable database ({mask_url(first)})"
+            ) from None
     detail = str(last).splitlines()[0] if last else "unknown error"
     raise HarnessError(f"--storage {mask_url(url)}: cannot open ({mask_url(detail)})")

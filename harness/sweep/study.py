@@ -15,7 +15,7 @@ from harness.errors import HarnessError
 from harness.files import check_folder
 from harness.secrets import mask_url
 from harness.sweep.pruner import CheckedMedianPruner
-from harness.sweep.storage import STUDY_DB, open_storage, sqlite_url
+from harness.sweep.storage import STUDY_DB, open_storage, sqlite_file, sqlite_url
 
 
 def make_sampler(spec: SweepSpec, seed_offset: int = 0) -> Any:
@@ -81,6 +81,10 @@ def load_study(study: str, *, out: str = "runs", storage: str | None = None) -> 
             f"study {study}: no {Path(out) / study / STUDY_DB}; pass --storage URL for a "
             "study kept elsewhere"
         )
+    db = sqlite_file(url)
+    if storage is not None and db is not None and not db.is_file():
+        # opening it would create an empty database: a reader never writes one
+        raise HarnessError(f"study {study}: --storage {mask_url(url)}: no such file {db}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return optuna.load_study(study_name=study, storage=open_storage(url, heartbeat=False))

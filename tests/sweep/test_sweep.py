@@ -304,6 +304,32 @@ def test_a_trial_refused_by_a_setting_stops_the_sweep_and_the_fixed_file_runs(
     assert len([t for t in _trials(load_spec(path)) if t.state.name != "FAIL"]) == 2
 
 
+@pytest.mark.parametrize("command", [["report"], ["best", "--all"]])
+def test_readers_of_a_study_refuse_a_broken_or_missing_database_in_one_line(
+    tmp_path, capsys, command
+):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "study.db").write_text("garbage")
+    assert main([*command[:1], "s", *command[1:], "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a usable database (file is not a database)" in err
+
+    typo = tmp_path / "typo.db"
+    args = [
+        *command[:1],
+        "s",
+        *command[1:],
+        "--out",
+        str(tmp_path),
+        "--storage",
+        f"sqlite:///{typo}",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no such file {typo}" in err
+    assert not typo.exists()  # a reader never creates a database
+
+
 class _Study:
     def __init__(self) -> None:
         self.user_attrs: dict = {}
