@@ -775,10 +775,29 @@ def best(
     ] = None,
 ) -> None:
     """Print the best config of a study and the command that reproduces it."""
-    from harness.sweep import BEST_FILE, load_study, trials_of
+    from harness.secrets import mask_url
+    from harness.sweep import BEST_FILE, best_text, load_study, trials_of
 
     console = _console()
     path = out / study / BEST_FILE
+    if storage is not None:  # the study's own storage says which trial is best, not a file
+        trials = trials_of(load_study(study, out=str(out), storage=storage))
+        text = best_text(study, trials, out_dir=str(out), path=Path(f"{study}-best.yaml"))
+        if text is None and not all_trials:
+            raise HarnessError(
+                f"study {study}: no finished, unflagged trial in {mask_url(storage)}"
+            )
+        if text is not None:
+            console.print(text, markup=False, soft_wrap=True)
+            console.print(
+                f"(from {mask_url(storage)}) reproduce: save the config above as "
+                f"{study}-best.yaml, then harness trial --config {study}-best.yaml",
+                soft_wrap=True,
+                markup=False,
+            )
+        if all_trials:
+            _print_trials(console, trials, f"study {study}")
+        return
     if path.exists():
         console.print(path.read_text(), markup=False, soft_wrap=True)
         _print_best(console, path)

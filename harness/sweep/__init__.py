@@ -13,7 +13,7 @@
 Each trial is a ``fit`` whose run folder is ``runs/<study>/trials/<study>-<number>``.
 """
 
-from harness.sweep.best import BEST_FILE, read_best, write_best
+from harness.sweep.best import BEST_FILE, best_text, read_best, write_best
 from harness.sweep.storage import STUDY_DB, open_storage, sqlite_url, storage_url
 from harness.sweep.study import create_study, load_study
 from harness.sweep.view import (
@@ -34,6 +34,7 @@ from harness.sweep.workers import run_sweep, run_worker
 __all__ = [
     "BEST_FILE",
     "STUDY_DB",
+    "best_text",
     "best_trial",
     "counts",
     "create_study",

@@ -23,22 +23,32 @@ BEST_FILE = "best.yaml"
 def write_best(spec: SweepSpec, trials: Sequence[Any]) -> Path | None:
     """runs/<study>/best.yaml, atomically: the config plus trial number and mIoU as comments
     (comments, so that ``harness trial --config`` reads the file as a plain trial config)."""
+    path = spec.study_dir / BEST_FILE
+    text = best_text(spec.study, trials, out_dir=spec.base.out_dir, path=path, metric=spec.metric)
+    if text is None:
+        return None
+    atomic_write_bytes(path, text.encode())
+    return path
+
+
+def best_text(
+    study: str, trials: Sequence[Any], *, out_dir: str, path: Path, metric: str = "val/mIoU"
+) -> str | None:
+    """best.yaml's text for the study's best unflagged trial (None when there is none yet);
+    ``path`` is where the file is meant to be, for its "reproduce" line."""
     best = best_trial(trials)
     if best is None:
         return None
     attrs = attrs_of(best)
     cfg = config_from_dict(attrs.config or {})
-    cfg = dataclasses.replace(cfg, name=f"{spec.study}-best", out_dir=spec.base.out_dir)
-    path = spec.study_dir / BEST_FILE
+    cfg = dataclasses.replace(cfg, name=f"{study}-best", out_dir=out_dir)
     header = (
-        f"# best of study {spec.study}: trial {best.number}, {spec.metric} {best.value:.6f}\n"
+        f"# best of study {study}: trial {best.number}, {metric} {best.value:.6f}\n"
         f"# trial: {best.number}\n# val_mIoU: {best.value!r}\n"
         f"# run folder: {attrs.run_dir}\n"
         f"# reproduce: harness trial --config {path}\n"
     )
-    body = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    atomic_write_bytes(path, (header + body).encode())
-    return path
+    return header + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def read_best(path: Path) -> tuple[dict[str, Any], dict[str, str]]:

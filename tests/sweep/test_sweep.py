@@ -215,6 +215,13 @@ def test_sweep_resume_best_yaml_and_reproduce(tiny_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"harness trial --config {best_path}" in out and "state" in out
 
+    # a study kept elsewhere: --storage says which trial is best, from the study itself
+    url = storage_url(spec)
+    assert main(["best", "s", "--out", str(tmp_path / "elsewhere"), "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert f"# trial: {top.number}" in out and f"(from {url}) reproduce:" in out
+    assert not (tmp_path / "elsewhere").exists()  # read, never written
+
 
 @pytest.mark.slow
 def test_flagged_trials_never_become_best(tiny_data, tmp_path):
