@@ -177,7 +177,7 @@ def trial(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Parent folder of run folders.")] = None,
     name: Annotated[
-        str | None, typer.Option(help="Run folder name; default: trial-<timestamp>.")
+        str | None, typer.Option(help="Run folder name; default: trial-YYYYmmdd-HHMMSS.")
     ] = None,
     inject_bug: Annotated[
         str | None,
@@ -821,6 +821,8 @@ def dashboard(
     from harness.secrets import mask_url
     from harness.sweep import load_study
 
+    if not 1 <= port <= 65535:
+        raise HarnessError(f"--port={port}: must be 1-65535")
     study_obj = load_study(study, out=str(out), storage=storage)
     try:
         from optuna_dashboard import run_server
@@ -830,7 +832,10 @@ def dashboard(
         ) from None
     url = storage or str(out / study / "study.db")
     print(f"optuna-dashboard for study {study} ({mask_url(url)}): http://127.0.0.1:{port}/")
-    run_server(study_obj._storage, host="127.0.0.1", port=port)
+    try:
+        run_server(study_obj._storage, host="127.0.0.1", port=port)
+    except OSError as exc:  # the port is taken, or not ours to bind
+        raise HarnessError(f"--port={port}: cannot serve on it ({exc.strerror or exc})") from None
 
 
 @app.command()
@@ -898,6 +903,10 @@ def bench(
     if GPU_CHECK not in names and (device is not None or out is not None):
         flag = "--device" if device is not None else "--out"
         raise HarnessError(f"{flag}: only for the GPU check (--only gpu)")
+    if out is not None:  # before the check runs, not after: its result would be lost
+        from harness.files import check_folder
+
+        check_folder(out, "--out")
     rest = [n for n in names if n != GPU_CHECK]
     if rest:  # these need Optuna and W&B; the GPU check needs neither, so it runs on a bare box
         from harness.bench.run import run_benchmarks

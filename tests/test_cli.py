@@ -89,6 +89,11 @@ def test_injected_bug_warns_loudly(tiny_data, tmp_path, monkeypatch, capsys):
         (["trial", "--config", "missing.yaml"], "error: missing.yaml: cannot read config file"),
         (["trial", "--config", "latin1.yaml"], "error: latin1.yaml: a config file must be UTF-8"),
         (["trial", "--out", "afile"], "error: out_dir/name: afile/trial-"),
+        (
+            ["bench", "--only", "gpu", "--device", "cpu", "--out", "afile"],
+            "error: --out afile: afile is a file, not a folder",
+        ),
+        (["dashboard", "s", "--port", "99999"], "error: --port=99999: must be 1-65535"),
         (["trial", "--cache-dir", "afile/c"], "error: data.cache_dir (--cache-dir) afile/c: afile"),
         (
             ["trial", "--config", "broken.yaml"],
@@ -170,3 +175,19 @@ def test_bench_only_runs_the_named_benchmark(capsys):
     out = capsys.readouterr().out
     assert "(a) mask cache" in out and "speed-up" in out
     assert "(b)" not in out and "(d)" not in out and "(eda)" not in out
+
+
+def test_dashboard_on_a_port_in_use_is_one_line(tmp_path, capsys):
+    import socket
+
+    import optuna
+
+    (tmp_path / "s").mkdir()
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dashboard", "s", "--out", str(tmp_path), "--port", str(port)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the server's own banner
+    assert last.startswith(f"error: --port={port}: cannot serve on it (")
