@@ -3,6 +3,7 @@ sweep file names."""
 
 from __future__ import annotations
 
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,28 @@ def create_study(spec: SweepSpec, url: str) -> Any:
         study = optuna.load_study(study_name=spec.study, storage=storage)
     if "sweep" not in study.user_attrs:
         study.set_user_attr("sweep", jsonable_spec(spec))
+    else:
+        _check_same_space(spec, study.user_attrs["sweep"].get("space") or {})
     return study
+
+
+def _check_same_space(spec: SweepSpec, before: dict[str, Any]) -> None:
+    """A resumed study keeps its parameters: other names would leave half-empty columns and
+    mislead the sampler and the study-level detector. A changed range is allowed, and said."""
+    now = jsonable_spec(spec).get("space") or {}
+    if set(now) != set(before):
+        raise HarnessError(
+            f"study {spec.study}: was searched over {', '.join(sorted(before)) or 'nothing'}, "
+            f"this sweep file over {', '.join(sorted(now)) or 'nothing'}; use another --study "
+            "(or the file it began with)"
+        )
+    for name in sorted(now):
+        if now[name] != before[name]:
+            print(
+                f"note: study {spec.study}: space.{name} was {before[name]} when it began, now "
+                f"{now[name]}: its trials mix both",
+                file=sys.stderr,
+            )
 
 
 def jsonable_spec(spec: SweepSpec) -> dict[str, Any]:

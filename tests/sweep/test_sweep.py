@@ -337,6 +337,23 @@ def test_readers_of_a_study_refuse_a_broken_or_missing_database_in_one_line(
     assert not typo.exists()  # a reader never creates a database
 
 
+def test_a_resumed_study_keeps_its_parameters(tiny_data, tmp_path, capsys):
+    from harness.errors import HarnessError
+    from harness.sweep import create_study
+
+    doc = _sweep_doc(tiny_data, tmp_path)
+    create_study(parse_spec(doc), storage_url(parse_spec(doc)))
+    other = {**doc, "space": {"f_lr": {"low": 1e-4, "high": 1e-2, "log": True}}}
+    with pytest.raises(
+        HarnessError, match="was searched over fcn_bn, lr, this sweep file over f_lr"
+    ):
+        create_study(parse_spec(other), storage_url(parse_spec(other)))
+    narrower = {**doc, "space": {**doc["space"], "lr": {"low": 1e-3, "high": 1e-2, "log": True}}}
+    create_study(parse_spec(narrower), storage_url(parse_spec(narrower)))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "note: study s: space.lr was" in err and "mix both" in err
+
+
 class _Study:
     def __init__(self) -> None:
         self.user_attrs: dict = {}
