@@ -316,3 +316,13 @@ def test_wandb_config_names_the_user_code(userpkg):
     )
     assert config["optimizer_source"]["path"] == "mypkg.opt:story"
     assert "model_source" not in run_config(TrialConfig(), {}, [], 0)
+
+
+def test_nproc_refuses_a_missing_factory_once_before_any_rank_starts(tmp_path, capsys):
+    """Every rank would refuse it: the launcher says so once, and starts no rank."""
+    rc = main(["trial", "--nproc", "2", "--model", "nopepkg.nets:make", "--epochs", "1",
+               "--out", str(tmp_path / "runs"), "--name", "np", "--tracking", "none"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("error: model.name='nopepkg.nets:make': module 'nopepkg' not found")
+    assert "starting 2 processes" not in out and not (tmp_path / "runs" / "np").exists()

@@ -103,6 +103,7 @@ def launch_trial(
 ) -> LaunchResult:
     """Train ``cfg`` on ``nproc`` ranks: each runs ``harness trial`` on the resolved config
     (written to a temporary file) plus ``flags``; ``announce`` gets the command line first."""
+    preflight(cfg)
     with tempfile.TemporaryDirectory(prefix="harness-trial-") as tmp:
         config = Path(tmp) / "config.yaml"
         save_config(cfg, config)
@@ -110,6 +111,21 @@ def launch_trial(
         if announce is not None:
             announce(command_line(nproc, args))
         return launch(nproc, args, env=env)
+
+
+def preflight(cfg: TrialConfig) -> None:
+    """What every rank would refuse, checked once before any rank starts: otherwise each rank
+    prints the same error, and torchrun adds its own lines about the ranks it then stops."""
+    from harness.fit.loop import resolve_device
+    from harness.plugins import load_attr
+
+    resolve_device(cfg.train.device)
+    if cfg.model.user:  # the user named it (--model): importing it here is what a rank does
+        load_attr(cfg.model.name, "model.name")
+    if cfg.optim.builder is not None:
+        load_attr(cfg.optim.builder, "optim.builder")
+    if cfg.model.weights_path and not Path(cfg.model.weights_path).is_file():
+        raise HarnessError(f"{cfg.model.weights_path}: weights file not found")
 
 
 def torch_threads() -> int:
