@@ -182,7 +182,10 @@ def test_failed_trials_end_failed_and_later_trials_still_log(tiny_cfg):
         fit(crashed, callbacks=[Boom()])
     wb = read_wandb_run(crashed.run_dir)
     assert wb["state"] == "failed" and wb["exit_code"] != 0
-    assert wb["summary"]["reason"] == "RuntimeError: monitor crashed"
+    assert (
+        wb["summary"]["reason"]
+        == "check-failed:Boom: on_epoch_end raised RuntimeError: monitor crashed"
+    )
     assert [h["epoch"] for h in wb["history"]] == [1]  # the epoch the record holds, too
 
     nan = with_overrides(tiny_cfg, {"name": "nan", "optim.lr": 1e30, "optim.f_lr": 1e30})
