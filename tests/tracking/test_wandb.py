@@ -322,14 +322,20 @@ def test_a_failure_while_finishing_the_run_reaches_summary_json(tiny_cfg, monkey
     assert capsys.readouterr().err.count("W&B logging failed (OSError") == 1
 
 
+def _raising(exc: Exception):
+    """A stand-in method that fails with ``exc``."""
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    return fail
+
+
 @pytest.mark.slow
 def test_a_failing_mask_panel_turns_the_panel_off_not_the_w_and_b_run(
     tiny_cfg, monkeypatch, capsys
 ):
-    def fail(self, model, device):
-        raise RuntimeError("panel predict failed")
-
-    monkeypatch.setattr(MaskPanel, "predict", fail)
+    monkeypatch.setattr(MaskPanel, "predict", _raising(RuntimeError("panel predict failed")))
     cfg = with_overrides(tiny_cfg, {"train.epochs": 2, "tracking.media_every": 1})
     result = fit(cfg)
     info = result.summary["tracking"]
