@@ -78,7 +78,7 @@ def load_attr(path: str, what: str) -> Any:
         raise UserCodeError(
             f"{where}: importing module '{module_name}' failed: {describe(exc)}"
         ) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in user code is its error, not ours
         raise UserCodeError(
             f"{where}: importing module '{module_name}' failed: {describe(exc)}"
         ) from exc
@@ -141,5 +141,5 @@ def call_user(fn: Callable[..., Any], where: str, role: str, *args: Any, **kwarg
     """Call the user's ``fn``; what it raises becomes a one-line ``UserCodeError``."""
     try:
         return fn(*args, **kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() would end harness with no word
         raise UserCodeError(f"{where}: the {role} raised {describe(exc)}") from exc

@@ -73,6 +73,12 @@ def not_module(num_classes):
 
 def raises(num_classes, width=4):
     raise ValueError("width must be even")
+
+
+def exits(num_classes):
+    import sys
+
+    sys.exit(3)
 """
 
 OPT = """
@@ -230,6 +236,8 @@ BAD_INPUTS = [
     (["--model", "nets.make"], "model.name='nets.make': must be one of deconvnet, deeplabv1 or"),
     (["--model", "mypkg.nets:raises"],
      "model.name='mypkg.nets:raises': the factory raised ValueError: width must be even"),
+    (["--model", "mypkg.nets:exits"],
+     "model.name='mypkg.nets:exits': the factory raised SystemExit: 3"),
     (["--model", "mypkg.nets:not_module"], "the factory returned str, not an nn.Module"),
     (["--model", "mypkg.nets:bad_classes"],
      "forward gave logits [8, 10, 64, 64] for a batch [8, 3, 64, 64]; expected [8, 9, 64, 64]"),
