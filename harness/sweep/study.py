@@ -91,9 +91,21 @@ def _check_same_space(spec: SweepSpec, before: dict[str, Any]) -> None:
 
 
 def jsonable_spec(spec: SweepSpec) -> dict[str, Any]:
+    """The sweep file as the study records it, with what the command's options made of it:
+    the study name (``--study``), the trial target and the checks and tracking the trials ran
+    with (``--n-trials``, ``--no-audit``, ``--no-monitor``, ``--tracking``)."""
     raw = dict(spec.raw)
     raw.pop("storage", None)  # may hold a password
-    return {"source": spec.source, **yaml.safe_load(yaml.safe_dump(raw))}
+    train = spec.base.train
+    effective = {
+        "n_trials": spec.n_trials,
+        "timeout": spec.timeout,
+        "audit": train.audit,
+        "monitor": train.monitor,
+        "tracking": spec.base.tracking.backend,
+    }
+    recorded = {**yaml.safe_load(yaml.safe_dump(raw)), "study": spec.study}
+    return {"source": spec.source, **recorded, "effective": effective}
 
 
 def load_study(study: str, *, out: str = "runs", storage: str | None = None) -> Any:

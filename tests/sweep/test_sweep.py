@@ -135,6 +135,16 @@ def test_sampler_seed_option_replaces_the_file_s_seed_and_is_recorded(tiny_data,
     spec = with_options(parse_spec(_sweep_doc(tiny_data, tmp_path)), sampler_seed=13)
     assert spec.sampler.seed == 13 and spec.sampler.n_startup_trials == 2
     assert jsonable_spec(spec)["sampler"] == {"name": "tpe", "seed": 13, "n_startup_trials": 2}
+    # the options' other effects are recorded too, never the storage URL
+    spec = with_options(
+        spec, study="other", n_trials=5, storage="postgresql://me:pw@db/x",
+        trial_overrides={"train.audit": False, "tracking.backend": "none"},
+    )  # fmt: skip
+    recorded = jsonable_spec(spec)
+    assert recorded["study"] == "other" and "storage" not in recorded
+    assert recorded["effective"] == {
+        "n_trials": 5, "timeout": None, "audit": False, "monitor": True, "tracking": "none"
+    }  # fmt: skip
     with pytest.raises(ConfigError, match=r"--sampler-seed: -1 must be an integer >= 0"):
         with_options(spec, sampler_seed=-1)
 
