@@ -238,9 +238,10 @@ def trial(
     ] = False,
 ) -> None:
     """Train one trial (DeconvNet, or DeepLab v1 with --model deeplabv1) under runs/NAME/."""
-    cfg = load_config(config) if config is not None else TrialConfig()
+    raw = read_yaml(config) if config is not None else None
+    cfg = load_config(config, raw=raw) if config is not None else TrialConfig()
     # precedence: defaults < --config FILE < options; a file without a name gets a timestamp
-    named = config is not None and "name" in (read_yaml(config) or {})
+    named = isinstance(raw, dict) and "name" in raw
     overrides: dict[str, Any] = {
         "name": name or (cfg.name if named else time.strftime("trial-%Y%m%d-%H%M%S")),
         "out_dir": str(out) if out is not None else None,

@@ -47,7 +47,16 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it before Python 3.13's os.getumask
+    """The process's umask. Linux shows it in /proc/self/status; elsewhere, before Python
+    3.13's os.getumask, the only way is to set it and set it back, during which a file another
+    thread makes (W&B writes from its own threads) would get the wrong mode."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass  # no /proc: the fallback below reads it just as exactly
+    mask = os.umask(0)
     os.umask(mask)
     return mask
 

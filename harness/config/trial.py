@@ -358,9 +358,12 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
         ) from None
 
 
-def load_config(path: str | Path, base: TrialConfig | None = None) -> TrialConfig:
+def load_config(
+    path: str | Path, base: TrialConfig | None = None, *, raw: Any = None
+) -> TrialConfig:
+    """The config file ``path``; ``raw``: its document when the caller has read it already."""
     path = Path(path)
-    raw = read_yaml(path)
+    raw = read_yaml(path) if raw is None else raw
     try:
         return config_from_dict(raw or {}, base)
     except ConfigError as exc:

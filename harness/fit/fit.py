@@ -493,8 +493,9 @@ def _finalize(state: FitState) -> TrialResult:
     # again when finishing the run changed what the tracker reports (a failed artifact upload)
     state.record.write_summary(summary)
     state.tracker.finish(summary)
-    if state.tracker.info() != summary["tracking"]:
-        summary["tracking"] = state.tracker.info()
+    tracking = state.tracker.info()
+    if tracking != summary["tracking"]:
+        summary["tracking"] = tracking
         state.record.write_summary(summary)
     return TrialResult(
         status=state.status,

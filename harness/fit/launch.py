@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import TrialConfig, save_config
-from harness.errors import HarnessError
+from harness.errors import HarnessError, WeightsError
 from harness.fit.record import amend_summary
 
 RECORDED_FAILURE = 1  # a rank's exit code when its trial ended as failed (the record says why)
@@ -125,7 +125,7 @@ def preflight(cfg: TrialConfig) -> None:
     if cfg.optim.builder is not None:
         load_attr(cfg.optim.builder, "optim.builder")
     if cfg.model.weights_path and not Path(cfg.model.weights_path).is_file():
-        raise HarnessError(f"{cfg.model.weights_path}: weights file not found")
+        raise WeightsError(f"{cfg.model.weights_path}: weights file not found")
 
 
 def torch_threads() -> int:

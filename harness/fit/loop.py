@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from harness.config.trial import DEVICE_PATTERN
 from harness.errors import ConfigError
 from harness.metrics import SegMetrics
 
@@ -29,13 +31,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """The torch device ``name`` (auto, cpu, cuda, cuda:N, mps) stands for on this machine;
+    ``option`` is what the user set it with, for the one-line error."""
+    if not re.fullmatch(DEVICE_PATTERN, name):
+        raise ConfigError(f"{option}={name!r}: must be auto, cpu, cuda, cuda:N or mps")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r}: CUDA is not available on this machine")
+        raise ConfigError(f"{option}={name!r}: CUDA is not available on this machine")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device='mps': MPS is not available on this machine")
+        raise ConfigError(f"{option}='mps': MPS is not available on this machine")
     return torch.device(name)
 
 

@@ -4,7 +4,6 @@ the record of what was done (``predict.json``)."""
 from __future__ import annotations
 
 import math
-import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from torch.utils.data import DataLoader
 
 from harness import __version__
 from harness.config import TrialConfig
-from harness.config.trial import DEVICE_PATTERN
 from harness.data.coco import CocoSplit
 from harness.data.transforms import IGNORE_INDEX
 from harness.files import atomic_write, dumps
@@ -172,9 +170,7 @@ def predict(
     cfg = ckpt.cfg
     folder = Path(out) if out is not None else ckpt.run_dir / f"predict-{split}"
     _check_free(folder)  # before the data is read: a refusal should come fast
-    if device is not None and not re.fullmatch(DEVICE_PATTERN, device):
-        raise PredictError(f"--device={device!r}: must be auto, cpu, cuda, cuda:N or mps")
-    dev = resolve_device(device or cfg.train.device)
+    dev = resolve_device(device or cfg.train.device, "--device" if device else "train.device")
     root, image_root = resolve_data(cfg, data, images)
     coco, chosen = load_split(cfg, root, image_root, split)
     diff = class_mismatch(ckpt.class_names, coco.class_names)

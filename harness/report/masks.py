@@ -12,7 +12,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from harness.config import config_from_dict
-from harness.config.trial import MODELS
 from harness.data.loaders import load_data
 from harness.errors import HarnessError
 from harness.files import load_checkpoint
@@ -41,12 +40,6 @@ def predict_best_masks(info: TrialInfo, named_model: str | None = None) -> MaskS
     a study record is not trusted to choose what this machine imports."""
     if not info.config:
         return f"Trial {info.number} recorded no config: its masks cannot be predicted."
-    recorded = info.config.get("model", {}).get("name") if isinstance(info.config, dict) else None
-    if isinstance(recorded, str) and recorded not in MODELS and named_model != recorded:
-        return (
-            f"Trial {info.number} trained the model factory {recorded!r}; harness imports user "
-            f"code only from what you name: --model {recorded} predicts its masks."
-        )
     if info.run_dir is None or not info.run_dir.is_dir():
         return (
             f"The run folder of trial {info.number} ({info.run_dir}) is missing: "
@@ -59,7 +52,13 @@ def predict_best_masks(info: TrialInfo, named_model: str | None = None) -> MaskS
             "the file was deleted): no predicted masks."
         )
     try:
-        cfg = config_from_dict(info.config)
+        cfg = config_from_dict(info.config)  # checks an import path's form, imports nothing
+        if cfg.model.user and named_model != cfg.model.name:
+            return (
+                f"Trial {info.number} trained the model factory {cfg.model.name!r}; harness "
+                f"imports user code only from what you name: --model {cfg.model.name} predicts "
+                "its masks."
+            )
         bundle = load_data(cfg)
         state = load_checkpoint(ckpt)
         model = load_trained(cfg.model, len(bundle.class_names), state["model"])

@@ -130,10 +130,14 @@ class PanelTracker(Tracker):
         self.say(f"mask panel off for this trial ({self.panel_error})")
 
     def info(self) -> dict[str, Any]:
-        info = super().info()
+        info = self._backend_info()
         if self.panel_error is not None:
             info["panel_error"] = self.panel_error
         return info
+
+    def _backend_info(self) -> dict[str, Any]:
+        """What the backend itself reports (W&B: its mode, run and errors)."""
+        return super().info()
 
     def _predict_if_due(self, epoch: int, final: bool) -> np.ndarray | None:
         """The panel's predictions when one is due; a failure turns the panel off (said and

@@ -416,8 +416,5 @@ class WandbTracker(PanelTracker):
             self._env.close()
             self._env = None
 
-    def info(self) -> dict[str, Any]:
-        info = dict(self._info)
-        if self.panel_error is not None:
-            info["panel_error"] = self.panel_error
-        return info
+    def _backend_info(self) -> dict[str, Any]:
+        return dict(self._info)
